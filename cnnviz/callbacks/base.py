@@ -1,0 +1,278 @@
+"""What every cnnviz callback shares: cadence, layer selection, the run store, rank zero, state.
+
+Subclasses implement :meth:`VizCallback.log_event`, which the base calls at each logging event
+(before training starts, every ``every_n_epochs`` epochs or every ``every_n_steps`` steps). Between
+events the hooks below cost an integer comparison.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from cnnviz.analysis.layers import LayerInfo, LayerKind, resolve_module, select_layers
+from cnnviz.store import RunStore
+
+__all__ = ["Event", "VizCallback", "store_for"]
+
+_STORES: dict[str, RunStore] = {}
+
+
+def store_for(root: str | os.PathLike[str]) -> RunStore:
+    """The shared :class:`RunStore` of ``root`` (one instance per directory and process)."""
+    key = str(Path(root).resolve())
+    if key not in _STORES:
+        _STORES[key] = RunStore(key)
+    return _STORES[key]
+
+
+def default_store_dir(trainer: pl.Trainer) -> str:
+    """``<trainer.log_dir>/cnnviz``, or ``<default_root_dir>/cnnviz`` without a logger.
+
+    ``trainer.log_dir`` may broadcast under DDP, so this must be called on every rank.
+    """
+    log_dir = trainer.log_dir or trainer.default_root_dir
+    return os.path.join(log_dir, "cnnviz")
+
+
+class Event:
+    """When a logging event happens: ``tag`` is ``start``, ``epoch`` or ``step``."""
+
+    __slots__ = ("epoch", "label", "step", "tag")
+
+    def __init__(self, tag: str, epoch: int, step: int) -> None:
+        self.tag = tag
+        self.epoch = epoch
+        self.step = step
+        self.label = {"start": "start", "epoch": f"epoch {epoch + 1}", "step": f"step {step}"}[tag]
+
+    def meta(self) -> dict[str, Any]:
+        """The event as record metadata."""
+        return {"event": self.tag, "label": self.label}
+
+
+class VizCallback(Callback):
+    """Base of the cnnviz callbacks.
+
+    Args:
+        layers: Layer names or glob patterns to watch (``None``: every layer of the callback's
+            kind). Resolved in ``setup``; an unknown name raises ``ValueError`` listing the valid
+            ones.
+        module: Submodule of the LightningModule to watch, by qualified name (``"net"``), or
+            ``None`` for the LightningModule itself.
+        every_n_epochs: Log at the end of every n-th training epoch (``None`` or 0: never).
+        every_n_steps: Log every n optimizer steps (``None`` or 0: never).
+        log_on_start: Also log once before training starts, so the history starts at the
+            initial weights.
+        store_dir: Where the run store lives; default ``<trainer.log_dir>/cnnviz``.
+        log_to_loggers: Also send figures/images to the trainer's loggers.
+    """
+
+    #: Which layers the callback watches by default: "conv", "pool" or "all".
+    layer_kind: LayerKind = "all"
+
+    def __init__(
+        self,
+        *,
+        layers: str | Sequence[str] | None = None,
+        module: str | None = None,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        log_on_start: bool = True,
+        store_dir: str | os.PathLike[str] | None = None,
+        log_to_loggers: bool = True,
+    ) -> None:
+        name = type(self).__name__
+        for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name}: `{arg}` must be an int or None; got {value!r}")
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: `{arg}` must be >= 0 (0 or None turns it off)")
+        if not every_n_epochs and not every_n_steps and not log_on_start:
+            raise ValueError(
+                f"{name}: nothing would ever be logged; set `every_n_epochs`, `every_n_steps` "
+                "or `log_on_start=True`"
+            )
+        if layers is not None and not isinstance(layers, (str, list, tuple)):
+            raise TypeError(f"{name}: `layers` must be a name, a pattern or a list of them")
+        if module is not None and not isinstance(module, str):
+            raise TypeError(f"{name}: `module` must be a submodule name (str) or None")
+        self.layers = layers
+        self.module = module
+        self.every_n_epochs = every_n_epochs or 0
+        self.every_n_steps = every_n_steps or 0
+        self.log_on_start = log_on_start
+        self.store_dir = None if store_dir is None else str(store_dir)
+        self.log_to_loggers = log_to_loggers
+        self.selected: list[LayerInfo] = []
+        self.store: RunStore | None = None
+        self.events = 0
+        self._last_step = -1
+        self._resumed_store: str | None = None
+        self._target: nn.Module | None = None
+
+    # -- identity and state ----------------------------------------------------------------------
+    def _state_fields(self) -> dict[str, Any]:
+        return {"layers": self.layers, "module": self.module}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_fields())
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "last_step": self._last_step,
+            "store_dir": None if self.store is None else str(self.store.root),
+            **self.extra_state(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.events = int(state_dict.get("events", 0))
+        self._last_step = int(state_dict.get("last_step", -1))
+        self._resumed_store = state_dict.get("store_dir")
+        self.load_extra_state(state_dict)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Subclass state to checkpoint (plain values)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    # -- set-up ---------------------------------------------------------------------------------
+    @property
+    def target(self) -> nn.Module:
+        """The module being watched (valid after ``setup``)."""
+        if self._target is None:
+            raise RuntimeError(f"{type(self).__name__} is used before `setup` ran")
+        return self._target
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._target = resolve_module(pl_module, self.module, argument="module")
+        self.selected = select_layers(
+            self._target, self.layers, self.layer_kind, owner=type(self).__name__
+        )
+        root = self.store_dir or self._resumed_store or default_store_dir(trainer)  # every rank
+        self.store = store_for(root) if trainer.is_global_zero else None
+        if self.store is not None:
+            self.store.update_run(
+                status="running",
+                model=type(self._target).__name__,
+                module=type(pl_module).__name__,
+            )
+        self.on_setup(trainer, pl_module)
+
+    def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Subclass hook after layers and store are resolved."""
+
+    # -- cadence --------------------------------------------------------------------------------
+    def step_due(self, trainer: pl.Trainer) -> bool:
+        """Whether the optimizer step about to happen will be followed by a step event."""
+        return bool(self.every_n_steps) and (trainer.global_step + 1) % self.every_n_steps == 0
+
+    def epoch_due(self, trainer: pl.Trainer) -> bool:
+        """Whether the current epoch ends with an epoch event."""
+        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.log_on_start and self.events == 0 and trainer.global_step == 0:
+            self._fire(trainer, pl_module, Event("start", trainer.current_epoch, 0))
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self._fire(trainer, pl_module, Event("step", trainer.current_epoch, step))
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.epoch_due(trainer):
+            self._fire(
+                trainer, pl_module, Event("epoch", trainer.current_epoch, trainer.global_step)
+            )
+
+    def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
+        self._last_step = event.step
+        self.events += 1
+        self.log_event(trainer, pl_module, event)
+
+    def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
+        """Record what the callback watches at ``event`` (subclasses)."""
+        raise NotImplementedError
+
+    # -- the end --------------------------------------------------------------------------------
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.store is not None:
+            self.store.update_run(status="finished", epochs=trainer.current_epoch)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning does not call teardown when fit raises. cnnviz holds no hook between
+        # events, so only the record of the failure is left to write.
+        self.release()
+        if self.store is not None:
+            try:
+                self.store.update_run(
+                    status="failed", error=f"{type(exception).__name__}: {exception}"
+                )
+            except OSError as err:  # the run's directory may be what failed
+                rank_zero_warn(f"{type(self).__name__}: could not record the failure: {err}")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Drop references to device tensors held between events (subclasses extend)."""
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def write(self, kind: str, arrays: dict[str, Any] | None, event: Event, **kw: Any) -> None:
+        """Write a record to the store (rank zero only; a no-op elsewhere)."""
+        if self.store is None:
+            return
+        meta = {**event.meta(), **kw.pop("meta", {})}
+        self.store.write(
+            kind,
+            arrays,
+            source=self.state_key,
+            epoch=event.epoch,
+            step=event.step,
+            meta=meta,
+            **kw,
+        )
+
+    @staticmethod
+    def module_device(module: nn.Module) -> torch.device:
+        """The device of ``module``'s first parameter or buffer (CPU if it has none)."""
+        for tensor in module.parameters():
+            return tensor.device
+        for tensor in module.buffers():
+            return tensor.device
+        return torch.device("cpu")

@@ -1,0 +1,207 @@
+"""``FilterWeights``: what each conv filter looks like, epoch by epoch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from cnnviz.callbacks.base import Event, VizCallback
+from cnnviz.figures.filters import filter_mosaic, filters_figure
+from cnnviz.figures.mosaic import normalise, to_uint8_rgb
+from cnnviz.loggers import log_figure, wants_figures
+
+__all__ = ["FilterWeights"]
+
+
+class FilterWeights(VizCallback):
+    """Record every selected conv layer's filters, their norms and gradients at each event.
+
+    For each layer the store gets ``weight`` (the first ``max_channels`` filters and their first
+    ``max_in_channels`` input slices), ``norms`` (L2 norm of every full filter), and, when the
+    event follows an optimizer step, ``grad`` and ``grad_norms`` read in
+    ``on_before_optimizer_step`` (no hooks, nothing modified). Filters are flagged *dead* (norm
+    below ``dead_tol``, or a zero gradient) or *unchanged* (relative change since the previous
+    event below ``unchanged_tol``).
+
+    Rule for drawing: the first conv layer that sees 3 channels is drawn in colour; deeper
+    layers draw each filter as a row of its input-channel slices.
+
+    Args:
+        layers: Conv layer names or glob patterns (default: every conv layer).
+        module: Submodule to watch (default: the LightningModule).
+        every_n_epochs: Log every n epochs (default 1).
+        every_n_steps: Log every n optimizer steps.
+        max_channels: Filters recorded per layer: the first ``max_channels`` by index (stable
+            across events, so a slider compares the same filters). ``None``: all.
+        max_in_channels: Input-channel slices recorded per filter (norms use all of them).
+        record_gradients: Record the weight gradients at the logged step.
+        dead_tol: Norm under which a filter counts as dead.
+        unchanged_tol: Relative change under which a filter counts as unchanged.
+        log_on_start: Also record the initial filters.
+        store_dir: Run store directory (default ``<log_dir>/cnnviz``).
+        log_to_loggers: Send images/figures to the trainer's loggers.
+
+    Example:
+        >>> trainer = Trainer(callbacks=[FilterWeights(), ActivationMaps()])
+    """
+
+    layer_kind = "conv"
+
+    def __init__(
+        self,
+        *,
+        layers: str | Sequence[str] | None = None,
+        module: str | None = None,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        max_channels: int | None = 64,
+        max_in_channels: int = 16,
+        record_gradients: bool = True,
+        dead_tol: float = 1e-8,
+        unchanged_tol: float = 1e-7,
+        log_on_start: bool = True,
+        store_dir: str | os.PathLike[str] | None = None,
+        log_to_loggers: bool = True,
+    ) -> None:
+        super().__init__(
+            layers=layers,
+            module=module,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_on_start=log_on_start,
+            store_dir=store_dir,
+            log_to_loggers=log_to_loggers,
+        )
+        if max_channels is not None and (not isinstance(max_channels, int) or max_channels < 1):
+            raise ValueError(
+                f"FilterWeights: `max_channels` must be a positive int or None; got {max_channels!r}"
+            )
+        if not isinstance(max_in_channels, int) or max_in_channels < 1:
+            raise ValueError(
+                f"FilterWeights: `max_in_channels` must be a positive int; got {max_in_channels!r}"
+            )
+        if dead_tol < 0 or unchanged_tol < 0:
+            raise ValueError("FilterWeights: `dead_tol` and `unchanged_tol` must be >= 0")
+        self.max_channels = max_channels
+        self.max_in_channels = max_in_channels
+        self.record_gradients = record_gradients
+        self.dead_tol = dead_tol
+        self.unchanged_tol = unchanged_tol
+        self._grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._previous: dict[str, np.ndarray] = {}
+        self._rgb: set[str] = set()
+
+    @override
+    def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        first = self.selected[0] if self.selected else None
+        self._rgb = set()
+        if first is not None and first.dims == 2 and first.settings.get("in_channels") == 3:
+            from cnnviz.analysis.layers import list_layers
+
+            if list_layers(self.target, "conv")[0].name == first.name:
+                self._rgb.add(first.name)
+
+    def _slice(self, tensor: torch.Tensor) -> torch.Tensor:
+        k = (
+            tensor.shape[0]
+            if self.max_channels is None
+            else min(tensor.shape[0], self.max_channels)
+        )
+        return tensor[:k, : self.max_in_channels]
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self.record_gradients or self.store is None:
+            return
+        if not (self.step_due(trainer) or (trainer.is_last_batch and self.epoch_due(trainer))):
+            return
+        for info in self.selected:
+            grad = self.target.get_submodule(info.name).weight.grad
+            if grad is not None:  # stays on the device until the event
+                g = grad.detach()
+                self._grads[info.name] = (self._slice(g).clone(), g.flatten(1).norm(dim=1))
+
+    @override
+    def release(self) -> None:
+        self._grads.clear()
+
+    @override
+    def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
+        if self.store is None:
+            self._grads.clear()
+            return
+        figures = self.log_to_loggers and wants_figures(trainer.loggers)
+        for info in self.selected:
+            weight = self.target.get_submodule(info.name).weight.detach()
+            shown = self._slice(weight).float().cpu().numpy()
+            norms = weight.flatten(1).float().norm(dim=1).cpu().numpy()
+            arrays: dict[str, Any] = {"weight": shown, "norms": norms}
+            grad = self._grads.pop(info.name, None) if event.tag != "start" else None
+            if grad is not None:
+                arrays["grad"] = grad[0].float().cpu().numpy()
+                arrays["grad_norms"] = grad[1].float().cpu().numpy()
+            dead = norms < self.dead_tol
+            if "grad_norms" in arrays:
+                dead[: len(arrays["grad_norms"])] |= arrays["grad_norms"] == 0
+            prev = self._previous_weight(info.name)
+            unchanged: list[int] = []
+            if prev is not None and prev.shape == shown.shape:
+                change = np.abs(shown - prev).reshape(len(shown), -1).max(1)
+                scale = np.abs(prev).reshape(len(prev), -1).max(1) + 1e-12
+                unchanged = np.flatnonzero(change / scale < self.unchanged_tol).tolist()
+            self._previous[info.name] = shown
+            nonfinite = int((~np.isfinite(shown)).sum() + (~np.isfinite(norms)).sum())
+            if nonfinite:
+                rank_zero_warn(
+                    f"FilterWeights: {info.name} has {nonfinite} NaN/Inf weight values at "
+                    f"{event.label}; they are drawn blank"
+                )
+            self.write(
+                "filters",
+                arrays,
+                event,
+                layer=info.name,
+                meta={
+                    "channels": list(range(len(shown))),
+                    "full_shape": list(weight.shape),
+                    "rgb": info.name in self._rgb,
+                    "dead": np.flatnonzero(dead).tolist(),
+                    "unchanged": unchanged,
+                    "nonfinite": nonfinite,
+                    "layer_type": info.type,
+                },
+            )
+            if self.log_to_loggers and trainer.loggers:
+                rgb = info.name in self._rgb
+                img, _, _ = filter_mosaic(shown, rgb=rgb)
+                image = to_uint8_rgb(img if rgb else (normalise(img, symmetric=True) + 1) / 2)
+                log_figure(
+                    trainer.loggers,
+                    f"cnnviz/filters/{info.name}",
+                    step=event.step,
+                    image=image,
+                    figure=(
+                        (
+                            lambda s=shown, n=info.name, r=rgb: filters_figure(
+                                [s], [event.label], layer=n, rgb=r
+                            )
+                        )
+                        if figures
+                        else None
+                    ),
+                )
+
+    def _previous_weight(self, layer: str) -> np.ndarray | None:
+        if layer in self._previous or self.store is None:
+            return self._previous.get(layer)
+        records = self.store.records("filters", layer=layer, source=self.state_key)
+        return self.store.load(records[-1])["weight"] if records else None  # resumed run
