@@ -130,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         (run_report if command == "report" else run_inspect)(rest)
     else:
-        print(f"cnnviz: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"cnnviz: unknown command {command!r}; choose from {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

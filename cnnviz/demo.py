@@ -23,7 +23,10 @@ def default_callbacks(*, live: bool = True, report: bool = True, quick: bool = F
     for name, kwargs in (
         ("ReceptiveFields", {}),
         ("TopActivations", {}),
-        ("Attributions", {"methods": ["saliency", "integrated_gradients", "grad_cam"]} if quick else {}),
+        (
+            "Attributions",
+            {"methods": ["saliency", "integrated_gradients", "grad_cam"]} if quick else {},
+        ),
         ("FeatureVisualization", {"steps": 32} if quick else {}),
     ):
         if hasattr(cb, name):
@@ -50,7 +53,9 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="parent directory of the run (default runs/)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip the HTML report")
-    p.add_argument("--no-live", dest="live", action="store_false", help="write the report only at the end")
+    p.add_argument(
+        "--no-live", dest="live", action="store_false", help="write the report only at the end"
+    )
     p.add_argument("--quick", action="store_true", help="lighter analysis settings (for tests)")
     return p
 
@@ -99,10 +104,19 @@ def demo(
 
     pl.seed_everything(seed, verbose=False)
     dm = ShapesDataModule(
-        image_size=image_size, num_train=num_train, num_val=num_val, batch_size=batch_size, seed=seed
+        image_size=image_size,
+        num_train=num_train,
+        num_val=num_val,
+        batch_size=batch_size,
+        seed=seed,
     )
     module = CaseStudyModule(
-        model, data_info=dm.model_kwargs, optimizer="adam", lr=lr, weight_decay=0.0, scheduler="cosine"
+        model,
+        data_info=dm.model_kwargs,
+        optimizer="adam",
+        lr=lr,
+        weight_decay=0.0,
+        scheduler="cosine",
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out) / f"{model}-shapes{image_size}-{stamp}"
@@ -113,10 +127,11 @@ def demo(
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=default_callbacks(live=live, report=report, quick=quick),
         enable_checkpointing=False,
-        deterministic=True,
         log_every_n_steps=10,
     )
-    print(f"cnnviz demo: training {model} on Shapes {image_size}px for {epochs} epochs -> {run_dir}")
+    print(
+        f"cnnviz demo: training {model} on Shapes {image_size}px for {epochs} epochs -> {run_dir}"
+    )
     trainer.fit(module, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -17,21 +16,22 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["none", "cosine", "step", "onecycle"]
 
 
-def _build(model: str | nn.Module, model_kwargs: dict[str, Any], data_info: dict[str, Any]) -> nn.Module:
+def _build(
+    model: str | nn.Module, model_kwargs: dict[str, Any], data_info: dict[str, Any]
+) -> nn.Module:
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise ValueError("`model_kwargs` only applies when `model` is a registry name")
         return model
     if not isinstance(model, str):
-        raise TypeError(f"`model` must be a cnnviz model name or an nn.Module; got {type(model).__name__}")
+        raise TypeError(
+            f"`model` must be a cnnviz model name or an nn.Module; got {type(model).__name__}"
+        )
     from cnnviz import models
 
-    constructor = models.constructor(model)
-    accepted = inspect.signature(constructor).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    # Facts about the data fill in what the user did not set; only the ones the model takes.
-    kwargs = {k: v for k, v in data_info.items() if takes_any or k in accepted}
-    kwargs.update(model_kwargs)
+    # Facts about the data fill in what the user did not set; `create` names any argument the
+    # model does not take (e.g. text data given to an image model).
+    kwargs = {**data_info, **model_kwargs}
     return models.create(model, **kwargs)
 
 
@@ -112,8 +112,12 @@ class CaseStudyModule(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         acc = (logits.detach().argmax(dim=1) == y).float().mean()
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y)
+        )
+        self.log(
+            f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
+        )
         return loss
 
     @override
@@ -149,10 +153,16 @@ class CaseStudyModule(pl.LightningModule):
             return opt
         if hp.scheduler == "onecycle":
             total = int(self.trainer.estimated_stepping_batches)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(total, 1))
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=hp.lr, total_steps=max(total, 1)
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if hp.scheduler == "cosine":
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 10
+            epochs = (
+                self.trainer.max_epochs
+                if self.trainer.max_epochs and self.trainer.max_epochs > 0
+                else 10
+            )
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         else:
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)

@@ -25,6 +25,7 @@ from cnnviz.store import RunStore
 __all__ = ["Event", "VizCallback", "store_for"]
 
 _STORES: dict[str, RunStore] = {}
+_METRICS_WRITTEN: dict[str, tuple[int, int]] = {}  # store root -> (epoch, step) last written
 
 
 def store_for(root: str | os.PathLike[str]) -> RunStore:
@@ -171,10 +172,19 @@ class VizCallback(Callback):
         root = self.store_dir or self._resumed_store or default_store_dir(trainer)  # every rank
         self.store = store_for(root) if trainer.is_global_zero else None
         if self.store is not None:
+            from cnnviz.analysis.layers import list_layers
+
+            dm = getattr(trainer, "datamodule", None)
             self.store.update_run(
                 status="running",
-                model=type(self._target).__name__,
+                model=getattr(pl_module, "model_name", type(self._target).__name__),
                 module=type(pl_module).__name__,
+                data=None if dm is None else type(dm).__name__,
+                class_names=getattr(dm, "class_names", None),
+                input_shape=getattr(self._target, "expected_input_shape", None),
+                num_parameters=sum(p.numel() for p in self._target.parameters()),
+                layers=[info.describe() for info in list_layers(self._target)],
+                max_epochs=trainer.max_epochs,
             )
         self.on_setup(trainer, pl_module)
 
@@ -210,10 +220,36 @@ class VizCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_metrics(trainer)
         if self.epoch_due(trainer):
             self._fire(
                 trainer, pl_module, Event("epoch", trainer.current_epoch, trainer.global_step)
             )
+
+    def _write_metrics(self, trainer: pl.Trainer) -> None:
+        """Record the epoch's logged metrics once per store (whichever callback comes first)."""
+        if self.store is None:
+            return
+        key = str(self.store.root)
+        mark = (trainer.current_epoch, trainer.global_step)
+        if _METRICS_WRITTEN.get(key) == mark:
+            return
+        _METRICS_WRITTEN[key] = mark
+        values = {}
+        for name, value in trainer.callback_metrics.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                values[name] = float(value)
+            elif isinstance(value, (int, float)):
+                values[name] = float(value)
+        event = Event("epoch", trainer.current_epoch, trainer.global_step)
+        self.store.write(
+            "metrics",
+            None,
+            source="cnnviz",
+            epoch=event.epoch,
+            step=event.step,
+            meta={**event.meta(), "values": values},
+        )
 
     def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
         self._last_step = event.step
