@@ -90,7 +90,7 @@ def run_demo(argv: Sequence[str]) -> Path:
 def run_layers(argv: Sequence[str]) -> None:
     """Print the layer table of a model."""
     from cnnviz import models
-    from cnnviz.analysis.layer_table import format_table, layer_table
+    from cnnviz.analysis.layer_table import format_layer_table, layer_table
 
     p = argparse.ArgumentParser(prog="cnnviz layers", description="The lecture's layer table.")
     p.add_argument("--model", required=True, choices=models.available())
@@ -98,7 +98,7 @@ def run_layers(argv: Sequence[str]) -> None:
     ns = p.parse_args(list(argv))
     kwargs = {} if ns.input_size is None else {"input_size": ns.input_size}
     net = models.create(ns.model, **kwargs)
-    print(format_table(layer_table(net, net.expected_input_shape)))
+    print(format_layer_table(layer_table(net, net.expected_input_shape)))
 
 
 COMMANDS = {
