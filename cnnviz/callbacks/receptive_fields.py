@@ -1,0 +1,398 @@
+"""``ReceptiveFields``: the layer table, how far each unit sees, and its effective field."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from cnnviz.analysis.layer_table import LayerRow, layer_table
+from cnnviz.analysis.layers import select_layers
+from cnnviz.analysis.receptive_field import (
+    ReceptiveField,
+    ReceptiveFieldError,
+    effective_receptive_field,
+    receptive_fields,
+)
+from cnnviz.callbacks.base import Event, VizCallback, check_count
+from cnnviz.callbacks.probe import Probe, check_probe, resolve_probe
+from cnnviz.figures.mosaic import normalise, to_uint8_rgb
+from cnnviz.figures.receptive_field import erf_figure
+from cnnviz.loggers import log_figure, wants_figures
+
+__all__ = ["ReceptiveFields"]
+
+# What can go wrong in an analysis of an arbitrary model: reported, never fatal to training.
+_ANALYSIS_ERRORS = (ValueError, RuntimeError, TypeError, NotImplementedError)
+
+
+def _spread(names: Sequence[str], count: int) -> list[str]:
+    """Up to ``count`` evenly spaced names, always including the last one."""
+    if len(names) <= count:
+        return list(names)
+    picks = {round(i * (len(names) - 1) / (count - 1)) for i in range(count)}
+    return [names[i] for i in sorted(picks)]
+
+
+def _centre_unit(rf: ReceptiveField) -> tuple[int, ...]:
+    """The unit whose (unclipped) field is centred nearest the input's centre, per axis."""
+    unit = []
+    for a in range(rf.ndim):
+
+        def offset(i: int, a: int = a) -> float:
+            index = [0] * rf.ndim
+            index[a] = i
+            return abs(rf.center(*index)[a] - (rf.input_spatial[a] - 1) / 2)
+
+        unit.append(min(range(rf.output_spatial[a]), key=offset))
+    return tuple(unit)
+
+
+def _padding(pads: Sequence[Sequence[int]] | None) -> list[Any] | None:
+    if pads is None:
+        return None
+    return [p[0] if p[0] == p[1] else list(p) for p in pads]
+
+
+def _table_row(row: LayerRow, rf: ReceptiveField | None) -> dict[str, Any]:
+    """A ``layer_table`` row in the store format (docs/store-format.md)."""
+    return {
+        "name": row.name,
+        "type": row.type,
+        "kind": row.kind,
+        "input_shape": list(row.input_shape),
+        "output_shape": list(row.output_shape),
+        "kernel": None if row.kernel_size is None else list(row.kernel_size),
+        "stride": None if row.stride is None else list(row.stride),
+        "padding": _padding(row.padding),
+        "dilation": None if row.dilation is None else list(row.dilation),
+        "output_arithmetic": row.output_arithmetic,
+        "weights_arithmetic": row.params_arithmetic,
+        "params": row.params,
+        "fits": row.fits,
+        "rf_size": None if rf is None else list(rf.size),
+        "rf_jump": None if rf is None else list(rf.jump),
+        "rf_start": None if rf is None else list(rf.start),
+    }
+
+
+def _as_2d(box: Sequence[int]) -> list[int]:
+    """A 1-D region ``(start, stop)`` as ``(0, 1, start, stop)`` on a 1-row map."""
+    return [0, 1, *box] if len(box) == 2 else list(box)
+
+
+class ReceptiveFields(VizCallback):
+    """Record the layer table, each layer's receptive field and the effective receptive field.
+
+    At the first event the store gets (rank zero only) one ``layer_table`` record — the
+    lecture's arithmetic for every conv and pooling layer (output size written out, weight
+    count written out, receptive field size and jump) — and one ``receptive_field`` record per
+    selected layer: size, jump, start, the chosen unit and its input region (clipped to the
+    image and unclipped), whether misaligned paths merge there, and a probe image to draw the
+    region on. At every event each ERF layer gets an ``erf`` record: the mean absolute input
+    gradient of the unit over the probe images (Luo et al. 2016), its radius, sigma and ratio
+    to the theoretical field, so its growth over training can be followed.
+
+    Nothing here changes training: the analyses run under :func:`cnnviz.analysis.guard.observe`
+    (eval mode, RNG forked, parameters' ``.grad`` untouched, modes restored) and the probe is
+    taken by index. 1-D models (sentence CNNs) get 1-D fields; their ERF maps are stored as
+    ``[1, L]``. A model whose receptive fields cannot be computed (untraceable forward, an
+    upsampling layer...) gets one warning and the records that are still possible (the table
+    without fields, the ERF without its theoretical comparison); training is never stopped.
+
+    Args:
+        layers: Layers for ``receptive_field`` records (names or glob patterns; default: every
+            conv and pooling layer). The table always covers every layer.
+        module: Submodule to analyse (default: the LightningModule).
+        every_n_epochs: ERF every n epochs (default 1).
+        every_n_steps: ERF every n optimizer steps.
+        probe: Inputs or ``(inputs, labels)``; default: the first ``num_probe`` validation
+            samples. Its shape is the input shape of the table.
+        num_probe: Probe size when taken from the data (the ERF averages over it).
+        erf: Record effective receptive fields.
+        erf_layers: Layers for the ERF (names or patterns); default: up to six evenly spaced
+            selected layers, always the last.
+        unit: The unit to describe: ``(i, j)`` (or ``(i,)``) for every layer, or a mapping
+            ``{layer: unit}``; default (and for layers not in the mapping) the unit whose field
+            is centred on the input.
+        log_on_start: Also record before training (the ERF at initialisation).
+        store_dir: Run store directory (default ``<log_dir>/cnnviz``).
+        log_to_loggers: Send ERF maps to the trainer's loggers.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If an argument is out of range; in ``setup``, if a layer name is unknown
+            (the message lists the valid ones).
+
+    Example:
+        >>> trainer = Trainer(callbacks=[ReceptiveFields(), TopActivations()])
+    """
+
+    layer_kind = "all"
+
+    def __init__(
+        self,
+        *,
+        layers: str | Sequence[str] | None = None,
+        module: str | None = None,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        probe: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        num_probe: int = 8,
+        erf: bool = True,
+        erf_layers: str | Sequence[str] | None = None,
+        unit: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+        log_on_start: bool = True,
+        store_dir: str | os.PathLike[str] | None = None,
+        log_to_loggers: bool = True,
+    ) -> None:
+        super().__init__(
+            layers=layers,
+            module=module,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            log_on_start=log_on_start,
+            store_dir=store_dir,
+            log_to_loggers=log_to_loggers,
+        )
+        check_count("ReceptiveFields", "num_probe", num_probe)
+        if probe is not None:
+            parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
+            if not 1 <= len(parts) <= 2 or not all(isinstance(p, torch.Tensor) for p in parts):
+                raise TypeError(
+                    "ReceptiveFields: `probe` must be a tensor [N, ...] or (inputs, labels)"
+                )
+        if not isinstance(erf, bool):
+            raise TypeError(f"ReceptiveFields: `erf` must be True or False; got {erf!r}")
+        if erf_layers is not None and not isinstance(erf_layers, (str, list, tuple)):
+            raise TypeError("ReceptiveFields: `erf_layers` must be a name, a pattern or a list")
+        self.unit = self._check_unit(unit)
+        self.probe = probe
+        self.num_probe = num_probe
+        self.erf = erf
+        self.erf_layers = erf_layers
+        self._erf_names: list[str] = []
+        self._probe: Probe | None = None
+        self._rfs: dict[str, ReceptiveField] = {}
+        self._units: dict[str, tuple[int, ...]] = {}
+        self._rf_tried = False
+        self._static_done = False
+        self._warned: set[str] = set()
+
+    @staticmethod
+    def _check_unit(unit: Any) -> Any:
+        def ok(u: Any) -> bool:
+            return (
+                isinstance(u, (tuple, list))
+                and 1 <= len(u) <= 2
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in u)
+            )
+
+        if unit is None:
+            return None
+        if isinstance(unit, Mapping):
+            bad = {k: v for k, v in unit.items() if not isinstance(k, str) or not ok(v)}
+            if bad:
+                raise TypeError(
+                    f"ReceptiveFields: `unit` maps layer names to (i, j) or (i,); bad: {bad}"
+                )
+            return {k: tuple(v) for k, v in unit.items()}
+        if not ok(unit):
+            raise TypeError(
+                f"ReceptiveFields: `unit` must be (i, j), (i,) or {{layer: unit}}; got {unit!r}"
+            )
+        return tuple(unit)
+
+    @override
+    def _state_fields(self) -> dict[str, Any]:
+        return {**super()._state_fields(), "erf_layers": self.erf_layers}
+
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {"static_done": self._static_done}
+
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._static_done = bool(state.get("static_done", False))
+
+    @override
+    def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        names = [info.name for info in self.selected]
+        if isinstance(self.unit, dict):
+            unknown = sorted(set(self.unit) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"ReceptiveFields: `unit` names layer(s) {unknown} that are not selected; "
+                    f"selected layers are: {', '.join(names)}"
+                )
+        if not self.erf:
+            self._erf_names = []
+        elif self.erf_layers is None:
+            self._erf_names = _spread(names, 6)
+        else:
+            chosen = select_layers(self.target, self.erf_layers, "all", owner="ReceptiveFields")
+            self._erf_names = [info.name for info in chosen]
+
+    @override
+    def release(self) -> None:
+        self._probe = None
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(f"ReceptiveFields: {message}")
+
+    def _ensure_probe(self, trainer: pl.Trainer) -> Probe | None:
+        if self._probe is None:
+            try:
+                probe = resolve_probe(trainer, self.probe, self.num_probe, "ReceptiveFields")
+            except ValueError as err:  # no data: the table can still use the declared shape
+                self._warn("probe", f"{err}; no effective receptive field or region image")
+                return None
+            check_probe(self.target, probe.x, "ReceptiveFields")
+            self._probe = probe
+        return self._probe
+
+    @override
+    def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
+        if self.store is None:  # only global rank zero analyses and writes; no collective
+            return
+        probe = self._ensure_probe(trainer)
+        shape = tuple(probe.x.shape[1:]) if probe is not None else None
+        shape = shape or getattr(self.target, "expected_input_shape", None)
+        if shape is None:
+            self._warn("shape", "no probe and no `expected_input_shape`: nothing to analyse")
+            return
+        shape = tuple(int(v) for v in shape)
+        if not self._rf_tried:  # once: tracing the model is not free
+            self._rf_tried = True
+            try:
+                self._rfs = receptive_fields(self.target, shape)
+            except ReceptiveFieldError as err:
+                self._warn("rf", f"no theoretical receptive fields for this model: {err}")
+        if not self._static_done and not self.store.records("layer_table", source=self.state_key):
+            self._write_static(event, shape, probe)
+        self._static_done = True
+        if probe is not None:
+            self._write_erf(trainer, event, probe)
+
+    def _unit_for(self, name: str, rf: ReceptiveField) -> tuple[int, ...]:
+        wanted = self.unit.get(name) if isinstance(self.unit, dict) else self.unit
+        if wanted is None:
+            return _centre_unit(rf)
+        if len(wanted) != rf.ndim or not all(
+            i < n for i, n in zip(wanted, rf.output_spatial, strict=True)
+        ):
+            raise ValueError(
+                f"ReceptiveFields: `unit` {tuple(wanted)} is outside layer {name!r}'s output "
+                f"{tuple(rf.output_spatial)}; pass {{layer: unit}} with a unit inside it"
+            )
+        return tuple(wanted)
+
+    def _write_static(self, event: Event, shape: tuple[int, ...], probe: Probe | None) -> None:
+        try:
+            rows = layer_table(self.target, shape, receptive_field=False)
+        except _ANALYSIS_ERRORS as err:
+            self._warn("table", f"no layer table for input shape {shape}: {err}")
+            rows = []
+        if rows:
+            table = [_table_row(r, self._rfs.get(r.name)) for r in rows]
+            self.write("layer_table", None, event, meta={"rows": table})
+        display = probe.display if probe is not None else None
+        for info in self.selected:
+            rf = self._rfs.get(info.name)
+            if rf is None:
+                continue
+            unit = self._units.setdefault(info.name, self._unit_for(info.name, rf))
+            image = display[0] if display is not None and rf.ndim == 2 else None
+            self.write(
+                "receptive_field",
+                None if image is None else {"region_image": image},
+                event,
+                layer=info.name,
+                meta={
+                    "size": list(rf.size),
+                    "jump": list(rf.jump),
+                    "start": list(rf.start),
+                    "padding": list(rf.padding),
+                    "unit": list(unit),
+                    "region": list(rf.region(*unit)),
+                    "region_unclipped": list(rf.region(*unit, clip=False)),
+                    "misaligned": rf.misaligned,
+                    "misaligned_at": list(rf.misaligned_at),
+                    "exact": rf.exact,
+                    "layer_type": rf.type,
+                    "output_shape": list(rf.output_shape),
+                },
+            )
+
+    def _write_erf(self, trainer: pl.Trainer, event: Event, probe: Probe) -> None:
+        x = probe.x.to(self.module_device(self.target))
+        figures = self.log_to_loggers and wants_figures(trainer.loggers)
+        for name in self._erf_names:
+            rf = self._rfs.get(name)
+            unit = self._units.get(name)
+            if unit is None and rf is not None:
+                unit = self._units.setdefault(name, self._unit_for(name, rf))
+            try:
+                res = effective_receptive_field(self.target, name, x, unit=unit)
+            except _ANALYSIS_ERRORS as err:
+                self._warn(f"erf:{name}", f"no effective receptive field for {name!r}: {err}")
+                continue
+            emap = res.map.numpy()
+            one_d = emap.ndim == 1
+            emap = emap[None] if one_d else emap
+            theo = res.theoretical
+            region = None if theo is None else _as_2d(theo.region(*res.unit))
+            self.write(
+                "erf",
+                {"map": emap},
+                event,
+                layer=name,
+                meta={
+                    "radius": res.radius,
+                    "sigma": [0.0, *res.sigma] if one_d else list(res.sigma),
+                    "ratio": res.ratio,
+                    "theoretical": region,
+                    "region": region,
+                    "theoretical_size": None if theo is None else list(theo.size),
+                    "effective_size": res.effective_size,
+                    "unit": list(res.unit),
+                    "centroid": [0.0, *res.centroid] if one_d else list(res.centroid),
+                    "mass_fraction": res.mass_fraction,
+                    "num_images": res.num_images,
+                    "note": res.note,
+                },
+            )
+            if self.log_to_loggers and trainer.loggers:
+                log_figure(
+                    trainer.loggers,
+                    f"cnnviz/erf/{name}",
+                    step=event.step,
+                    image=partial(_erf_image, emap),
+                    submit=self.store.submit if self.store is not None else None,
+                    figure=(
+                        partial(
+                            erf_figure,
+                            [emap],
+                            [event.label],
+                            layer=name,
+                            radius=[res.radius],
+                            region=region,
+                        )
+                        if figures
+                        else None
+                    ),
+                )
+
+
+def _erf_image(emap: np.ndarray) -> np.ndarray:
+    """An ERF map as an ``[H, W, 3]`` uint8 grey image (for TensorBoard)."""
+    return to_uint8_rgb(normalise(emap))
