@@ -118,14 +118,20 @@ def observe(
     Yields:
         The same ``model``.
     """
-    modes = [(m, m.training) for m in model.modules()]
+    # One walk over the modules; flags are set through __dict__ (plain attributes), which skips
+    # Module.__setattr__'s parameter/buffer/module checks: this guard runs at every analysis call.
+    modes: list[tuple[nn.Module, bool]] = []
+    inplace: list[tuple[nn.Module, bool]] = []
+    for m in model.modules():
+        modes.append((m, m.training))
+        flag = m.__dict__.get("inplace")
+        if isinstance(flag, bool):
+            inplace.append((m, flag))
     params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    inplace = [
-        (m, m.inplace) for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)
-    ]
-    cuda = _cuda_indices([*model_devices(model), *extra_devices])
+    devices = {p.device for p in params} | {b.device for b in model.buffers()}
+    cuda = _cuda_indices([*devices, *extra_devices])
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(torch.random.fork_rng(devices=cuda, enabled=True))
@@ -133,24 +139,25 @@ def observe(
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
         if eval_mode:
-            model.eval()
+            for m, _ in modes:
+                m.__dict__["training"] = False
         if freeze_params:
             for p in params:
                 p.requires_grad_(False)
         if no_inplace:
             for m, _ in inplace:
-                m.inplace = False
+                m.__dict__["inplace"] = False
         yield model
     finally:
         try:
             stack.close()
         finally:
             for m, flag in modes:
-                m.training = flag
+                m.__dict__["training"] = flag
             for p, flag, g in zip(params, requires, grads, strict=True):
                 if p.requires_grad != flag:
                     p.requires_grad_(flag)
                 if p.grad is not g:
                     p.grad = g
             for m, flag in inplace:
-                m.inplace = flag
+                m.__dict__["inplace"] = flag
