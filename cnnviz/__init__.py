@@ -25,6 +25,7 @@ _LAZY = {
     "hook_count": "cnnviz.analysis.guard",
     "CaseStudyModule": "cnnviz.module",
     "RunStore": "cnnviz.store",
+    "build_report": "cnnviz.report",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

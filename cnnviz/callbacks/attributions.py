@@ -169,6 +169,7 @@ class Attributions(VizCallback):
         unavailable: dict[str, str] = {}
         shares: dict[str, list[float]] = {}
         targets: list[int] | None = None
+        layers: dict[str, str] = {}
         for method in self.methods:
             try:
                 result = attribute(self.target, x, method, **self._kwargs(probe), **self.method_kwargs.get(method, {}))
@@ -182,6 +183,8 @@ class Attributions(VizCallback):
                 targets = result.targets.tolist()
             if result.note:
                 notes[method] = result.note
+            if result.layer is not None:
+                layers[method] = result.layer
             if probe.masks is not None and a.dim() == 4:
                 inside, area = mask_share(a, probe.masks)
                 shares[method] = [float(inside.mean()), float(area.mean())]
@@ -191,7 +194,13 @@ class Attributions(VizCallback):
             "attributions",
             maps,
             event,
-            meta={"methods": list(maps), "targets": targets, "notes": notes, "unavailable": unavailable},
+            meta={
+                "methods": list(maps),
+                "targets": targets,
+                "notes": notes,
+                "unavailable": unavailable,
+                "layers": layers,
+            },
         )
         self.write("attribution_checks", None, event, meta={"mask_share": shares})
 

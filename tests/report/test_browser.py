@@ -1,0 +1,232 @@
+"""The report of a short real run, loaded in headless Chromium (Debian's ``chromium``).
+
+Skipped with a reason when Chromium or Playwright is missing, unless the ``CI`` environment
+variable is set (then it fails: CI installs Chromium with ``apt-get install -y chromium``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+
+from cnnviz.callbacks import ActivationMaps, FilterWeights
+from cnnviz.callbacks.report import Report
+from cnnviz.data import ShapesDataModule
+from cnnviz.module import CaseStudyModule
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CNNVIZ_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _need(ok: bool, reason: str) -> None:
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the browser test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    pl.seed_everything(0, verbose=False)
+    dm = ShapesDataModule(image_size=32, num_train=128, num_val=32, batch_size=32)
+    module = CaseStudyModule(
+        "lenet5", data_info=dm.model_kwargs, optimizer="adam", lr=2e-3, scheduler="none"
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        callbacks=[FilterWeights(), ActivationMaps(num_probe=4), Report(live=True)],
+    )
+    trainer.fit(module, datamodule=dm)
+    out = root / "report.html"
+    assert out.exists()
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    _need(
+        Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+        f"Chromium not found at {CHROMIUM} (install it with `apt-get install -y chromium`)",
+    )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need(False, "the playwright package is not installed")
+        raise
+    with sync_playwright() as p:
+        exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+        b = p.chromium.launch(executable_path=exe, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def loaded(browser: Any, report_file: Path) -> Iterator[tuple[Any, list[str], list[str]]]:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    blocked: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(("file:", "data:", "blob:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(report_file.as_uri())
+    yield page, errors, blocked
+    page.close()
+
+
+def test_every_figure_draws_without_errors_or_requests(loaded: Any) -> None:
+    page, errors, blocked = loaded
+    for summary in page.locator("details.more > summary").all():  # secondary figures too
+        summary.click()
+    ids = page.eval_on_selector_all(".fig[data-fig]", "els => els.map(e => e.dataset.fig)")
+    assert len(ids) >= 10
+    for fid in ids:  # scroll each into view: figures are drawn lazily
+        sel = f'.fig[data-fig="{fid}"]'
+        page.locator(sel).scroll_into_view_if_needed()
+        page.wait_for_function(
+            f"document.querySelector('{sel}').dataset.state === 'drawn' || "
+            f"document.querySelector('{sel}').dataset.state === 'error'",
+            timeout=20_000,
+        )
+        assert page.locator(f"{sel} .main-svg").count() >= 1, fid
+        assert page.locator(f"{sel} .fig-error").count() == 0, fid
+    assert errors == []
+    assert blocked == []
+
+
+def test_table_of_contents_links_resolve(loaded: Any) -> None:
+    page, errors, _ = loaded
+    hrefs = page.eval_on_selector_all("nav#toc a", "els => els.map(a => a.getAttribute('href'))")
+    assert len(hrefs) >= 8
+    missing = page.evaluate(
+        "hrefs => hrefs.filter(h => !h.startsWith('#') || !document.getElementById(h.slice(1)))",
+        hrefs,
+    )
+    assert missing == []
+    page.click("nav#toc a[href='#predictions']")
+    top = page.evaluate("document.getElementById('predictions').getBoundingClientRect().top")
+    assert abs(top) < 40  # the link scrolls to its section
+    assert errors == []
+
+
+def test_epoch_slider_changes_the_filter_image(loaded: Any) -> None:
+    page, errors, _ = loaded
+    fid = page.evaluate(
+        "Array.from(document.querySelectorAll('.fig[data-fig]')).map(e => e.dataset.fig)"
+        ".find(id => document.getElementById(id).textContent.includes('c3 \\u2014 filters'))"
+    )
+    assert fid, "no filter figure for net.features.c3"
+    sel = f'.fig[data-fig="{fid}"]'
+    page.locator(sel).scroll_into_view_if_needed()
+    page.wait_for_function(f"document.querySelector('{sel}').dataset.state === 'drawn'")
+    state = (
+        f"(() => {{ const gd = document.querySelector('{sel}');"
+        " return {visible: gd._fullData.map(t => t.visible),"
+        " images: Array.from(gd.querySelectorAll('.hm image')).map(i => i.getAttribute('href'))"
+        ".join('|'), active: gd._fullLayout.sliders[0].active}; })()"
+    )
+    before = page.evaluate(state)
+    assert before["visible"][-1] is True and before["active"] == 2  # the newest first
+    shot_before = page.locator(sel).screenshot()
+    rail = page.locator(f"{sel} .slider-rail-touch-rect")
+    box = rail.bounding_box()
+    assert box is not None
+    # the left end of the rail is the first step, "start" (waits until the rail is stable)
+    rail.click(position={"x": 3, "y": box["height"] / 2})
+    page.wait_for_function(f"document.querySelector('{sel}')._fullLayout.sliders[0].active === 0")
+    after = page.evaluate(state)
+    assert after["visible"][0] is True and after["visible"][-1] is False
+    assert after["images"] != before["images"]  # another heatmap is drawn
+    assert page.locator(sel).screenshot() != shot_before
+    assert errors == []
+
+
+def test_scale_switch_restyles_activation_maps(loaded: Any) -> None:
+    page, errors, _ = loaded
+    fid = page.evaluate(
+        "Array.from(document.querySelectorAll('.fig[data-fig]')).map(e => e.dataset.fig)"
+        ".find(id => document.getElementById(id).textContent.includes('c1 \\u2014 activations'))"
+    )
+    sel = f'.fig[data-fig="{fid}"]'
+    page.locator(sel).scroll_into_view_if_needed()
+    page.wait_for_function(f"document.querySelector('{sel}').dataset.state === 'drawn'")
+    shown = (
+        f"(() => {{ const t = document.querySelector('{sel}')._fullData.find(t => t.visible);"
+        " return [t.zmin, t.zmax]; })()"
+    )
+    lo, hi = page.evaluate(shown)
+    assert hi > lo and (lo, hi) != (0, 1)  # one scale for the layer, in activation units
+    page.check(f'input[name="scale-{fid}"][value="channel"]')
+    page.wait_for_function(
+        f"document.querySelector('{sel}')._fullData.find(t => t.visible).zmax === 1"
+    )
+    assert page.evaluate(shown) == [0, 1]  # each channel stretched to [0, 1]
+    page.check(f'input[name="scale-{fid}"][value="layer"]')
+    page.wait_for_function(
+        f"document.querySelector('{sel}')._fullData.find(t => t.visible).zmax !== 1"
+    )
+    assert page.evaluate(shown) == [lo, hi]
+    assert errors == []
+
+
+def test_live_page_reloads_and_keeps_its_scroll_position(
+    browser: Any, report_file: Path, tmp_path: Path
+) -> None:
+    from cnnviz.report import build_report
+    from cnnviz.store import RunStore
+
+    store = RunStore(report_file.parent / "cnnviz")
+    store.update_run(status="running")
+    try:
+        live = build_report(store.root, tmp_path / "live.html", live=True, progress=False)
+    finally:
+        store.update_run(status="finished")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(live.as_uri())
+    assert page.locator("#live-pause").count() == 1
+    page.evaluate("window.scrollTo(0, 1500)")
+    with page.expect_navigation(timeout=12_000):  # reloads by itself after 5 s
+        pass
+    page.wait_for_function("window.scrollY > 1400", timeout=5_000)
+    assert page.evaluate("performance.getEntriesByType('navigation')[0].type") == "reload"
+    page.check("#live-pause")  # a paused page stays put
+    page.evaluate("window.stayed = true")
+    page.wait_for_timeout(6_000)
+    assert page.evaluate("window.stayed") is True
+    assert errors == []
+    page.close()
