@@ -66,9 +66,25 @@ class CapturedLayer:
 def channel_stats(output: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-channel mean, max, min and zero fraction of ``[N, C, ...]``, ignoring NaN/Inf.
 
-    Runs on the tensor's device; returns ``[C]`` tensors plus a 0-d ``nonfinite`` count.
+    Runs on the tensor's device; returns ``[C]`` tensors plus a 0-d ``nonfinite`` count. When
+    every value is finite (checked through the per-channel sums: one host synchronisation, at a
+    logging event) it takes a fast path of plain reductions; otherwise NaN/Inf are masked out.
     """
-    flat = output.detach().transpose(0, 1).reshape(output.shape[1], -1).float()
+    x = output.detach()
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    dims = (0, *range(2, x.dim()))
+    size = x.numel() // x.shape[1]
+    total = x.sum(dims)
+    if bool(torch.isfinite(total).all()):  # a NaN or Inf anywhere makes its channel's sum so
+        nonzero = x.sign().abs_().sum(dims)
+        return {
+            "mean": total / max(size, 1),
+            "max": x.amax(dims),
+            "min": x.amin(dims),
+            "zero_fraction": (size - nonzero) / max(size, 1),  # exact counts, then divide
+            "nonfinite": torch.zeros((), dtype=torch.long, device=x.device),
+        }
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)
     finite = torch.isfinite(flat)
     safe = torch.where(finite, flat, torch.zeros((), device=flat.device))
     count = finite.sum(1).clamp_min(1)
@@ -80,6 +96,15 @@ def channel_stats(output: torch.Tensor) -> dict[str, torch.Tensor]:
         "zero_fraction": (flat == 0).float().mean(1),
         "nonfinite": (~finite).sum(),
     }
+
+
+def _check_size(argument: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{argument}` must be a positive int or None; got {value!r}")
+    if value < 1:
+        raise ValueError(f"`{argument}` must be a positive int or None; got {value}")
 
 
 def _downsample(maps: torch.Tensor, max_size: int | None) -> torch.Tensor:
@@ -103,7 +128,8 @@ class LayerCapture:
 
     Args:
         model: The model to watch.
-        layers: Qualified names of the layers to hook (see :func:`cnnviz.list_layers`).
+        layers: Qualified names of the layers to hook, or one name (see
+            :func:`cnnviz.list_layers`).
         channels: Per layer, the channel indices to keep; layers not in the mapping keep the
             first ``max_channels``.
         max_channels: Keep at most this many channels per layer (``None``: all).
@@ -135,12 +161,10 @@ class LayerCapture:
         post_activation: bool = True,
         to_host: bool = True,
     ) -> None:
-        if max_channels is not None and max_channels < 1:
-            raise ValueError(
-                f"`max_channels` must be a positive integer or None; got {max_channels}"
-            )
-        if max_size is not None and max_size < 1:
-            raise ValueError(f"`max_size` must be a positive integer or None; got {max_size}")
+        _check_size("max_channels", max_channels)
+        _check_size("max_size", max_size)
+        if isinstance(layers, str):
+            layers = [layers]
         modules = dict(model.named_modules())
         unknown = [n for n in layers if n not in modules]
         if unknown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -13,13 +14,30 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from cnnviz.analysis.capture import LayerCapture
-from cnnviz.callbacks.base import Event, VizCallback
+from cnnviz.callbacks.base import Event, VizCallback, check_count
 from cnnviz.callbacks.probe import Probe, check_probe, resolve_probe
 from cnnviz.figures.activations import activation_mosaic, activations_figure
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.loggers import log_figure, wants_figures
 
 __all__ = ["ActivationMaps"]
+
+
+def _check_probe_argument(probe: Any) -> None:
+    usage = "a tensor [N, ...] or a tuple (inputs [N, ...], labels [N])"
+    parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
+    if not 1 <= len(parts) <= 2 or not all(isinstance(p, torch.Tensor) for p in parts):
+        raise TypeError(f"ActivationMaps: `probe` must be {usage}")
+    x = parts[0]
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"ActivationMaps: `probe` must be {usage} with N >= 1; got inputs {tuple(x.shape)}"
+        )
+    if len(parts) == 2 and (parts[1].dim() != 1 or len(parts[1]) != len(x)):
+        raise ValueError(
+            f"ActivationMaps: `probe` labels must have shape ({len(x)},); "
+            f"got {tuple(parts[1].shape)}"
+        )
 
 
 class ActivationMaps(VizCallback):
@@ -82,25 +100,15 @@ class ActivationMaps(VizCallback):
             log_to_loggers=log_to_loggers,
         )
         if probe is not None:
-            x = probe[0] if isinstance(probe, (tuple, list)) else probe
-            if not isinstance(x, torch.Tensor):
-                raise TypeError("ActivationMaps: `probe` must be a tensor or (inputs, labels)")
-        if not isinstance(num_probe, int) or num_probe < 1:
-            raise ValueError(
-                f"ActivationMaps: `num_probe` must be a positive int; got {num_probe!r}"
-            )
-        if max_channels is not None and (not isinstance(max_channels, int) or max_channels < 1):
-            raise ValueError(
-                f"ActivationMaps: `max_channels` must be a positive int or None; got {max_channels!r}"
-            )
+            _check_probe_argument(probe)
+        check_count("ActivationMaps", "num_probe", num_probe)
+        check_count("ActivationMaps", "max_channels", max_channels, allow_none=True)
         if channel_select not in ("first", "strongest"):
             raise ValueError(
-                f"ActivationMaps: `channel_select` must be 'first' or 'strongest'; got {channel_select!r}"
+                "ActivationMaps: `channel_select` must be 'first' or 'strongest'; "
+                f"got {channel_select!r}"
             )
-        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
-            raise ValueError(
-                f"ActivationMaps: `max_size` must be a positive int or None; got {max_size!r}"
-            )
+        check_count("ActivationMaps", "max_size", max_size, allow_none=True)
         self.probe = probe
         self.num_probe = num_probe
         self.max_channels = max_channels
@@ -131,6 +139,8 @@ class ActivationMaps(VizCallback):
             probe = resolve_probe(trainer, self.probe, self.num_probe, "ActivationMaps")
             check_probe(self.target, probe.x, "ActivationMaps")
             self._probe = probe
+            if self._probe_recorded(probe):  # a resumed run continues the same store
+                return probe
             self.write(
                 "probe",
                 {
@@ -147,6 +157,18 @@ class ActivationMaps(VizCallback):
                 meta={"class_names": probe.class_names, "shape": list(probe.x.shape)},
             )
         return self._probe
+
+    def _probe_recorded(self, probe: Probe) -> bool:
+        """Whether the store already holds this probe from this callback (resumed run)."""
+        if self.store is None or self._resumed_store is None:
+            return False
+        records = self.store.records("probe", source=self.state_key)
+        if not records:
+            return False
+        stored = self.store.load(records[-1]).get("x")
+        x = probe.x.detach().cpu()
+        x = x.float() if x.dtype == torch.bfloat16 else x
+        return stored is not None and np.array_equal(stored, x.numpy())
 
     @override
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
@@ -195,8 +217,8 @@ class ActivationMaps(VizCallback):
             self._channels.setdefault(name, channels)
             if r.nonfinite:
                 rank_zero_warn(
-                    f"ActivationMaps: {name} produced {r.nonfinite} NaN/Inf values at {event.label}; "
-                    "they are drawn blank"
+                    f"ActivationMaps: {name} produced {r.nonfinite} NaN/Inf values at "
+                    f"{event.label}; they are drawn blank"
                 )
             maps_np = maps.float().numpy()
             self.write(
@@ -219,12 +241,12 @@ class ActivationMaps(VizCallback):
                 },
             )
             if self.log_to_loggers and trainer.loggers:
-                img, _, _ = activation_mosaic(maps_np, scale="channel")
                 log_figure(
                     trainer.loggers,
                     f"cnnviz/activations/{name}",
                     step=event.step,
-                    image=to_uint8_rgb(normalise(img)),
+                    image=partial(_maps_image, maps_np),  # drawn on the store's thread
+                    submit=self.store.submit,
                     figure=(
                         (
                             lambda m=maps_np, n=name, c=channels: activations_figure(
@@ -235,3 +257,9 @@ class ActivationMaps(VizCallback):
                         else None
                     ),
                 )
+
+
+def _maps_image(maps: np.ndarray) -> np.ndarray:
+    """One layer's maps (rows: probe inputs) as an ``[H, W, 3]`` uint8 image (for TensorBoard)."""
+    img, _, _ = activation_mosaic(maps, scale="channel")
+    return to_uint8_rgb(normalise(img))

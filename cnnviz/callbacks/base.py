@@ -22,7 +22,7 @@ from typing_extensions import override
 from cnnviz.analysis.layers import LayerInfo, LayerKind, resolve_module, select_layers
 from cnnviz.store import RunStore
 
-__all__ = ["Event", "VizCallback", "store_for"]
+__all__ = ["Event", "VizCallback", "check_count", "store_for"]
 
 _STORES: dict[str, RunStore] = {}
 _METRICS_WRITTEN: dict[str, tuple[int, int]] = {}  # store root -> (epoch, step) last written
@@ -43,6 +43,22 @@ def default_store_dir(trainer: pl.Trainer) -> str:
     """
     log_dir = trainer.log_dir or trainer.default_root_dir
     return os.path.join(log_dir, "cnnviz")
+
+
+def check_count(owner: str, argument: str, value: Any, *, allow_none: bool = False) -> None:
+    """Raise unless ``value`` is a positive int (or ``None`` when ``allow_none``).
+
+    Raises:
+        TypeError: For a value that is not an int (``bool`` included).
+        ValueError: For an int below 1.
+    """
+    if value is None and allow_none:
+        return
+    expected = "a positive int or None" if allow_none else "a positive int"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}: `{argument}` must be {expected}; got {value!r}")
+    if value < 1:
+        raise ValueError(f"{owner}: `{argument}` must be {expected}; got {value!r}")
 
 
 class Event:
@@ -72,6 +88,8 @@ class VizCallback(Callback):
             ``None`` for the LightningModule itself.
         every_n_epochs: Log at the end of every n-th training epoch (``None`` or 0: never).
         every_n_steps: Log every n optimizer steps (``None`` or 0: never).
+        log_at_end: Also log once when training ends, unless an event just happened at that
+            step (``FeatureVisualization`` logs only then by default).
         log_on_start: Also log once before training starts, so the history starts at the
             initial weights.
         store_dir: Where the run store lives; default ``<trainer.log_dir>/cnnviz``.
@@ -89,6 +107,7 @@ class VizCallback(Callback):
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         log_on_start: bool = True,
+        log_at_end: bool = False,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
     ) -> None:
@@ -98,7 +117,7 @@ class VizCallback(Callback):
                 raise TypeError(f"{name}: `{arg}` must be an int or None; got {value!r}")
             if value is not None and value < 0:
                 raise ValueError(f"{name}: `{arg}` must be >= 0 (0 or None turns it off)")
-        if not every_n_epochs and not every_n_steps and not log_on_start:
+        if not every_n_epochs and not every_n_steps and not log_on_start and not log_at_end:
             raise ValueError(
                 f"{name}: nothing would ever be logged; set `every_n_epochs`, `every_n_steps` "
                 "or `log_on_start=True`"
@@ -112,6 +131,7 @@ class VizCallback(Callback):
         self.every_n_epochs = every_n_epochs or 0
         self.every_n_steps = every_n_steps or 0
         self.log_on_start = log_on_start
+        self.log_at_end = log_at_end
         self.store_dir = None if store_dir is None else str(store_dir)
         self.log_to_loggers = log_to_loggers
         self.selected: list[LayerInfo] = []
@@ -120,6 +140,7 @@ class VizCallback(Callback):
         self._last_step = -1
         self._resumed_store: str | None = None
         self._target: nn.Module | None = None
+        self._state_key: str | None = None
 
     # -- identity and state ----------------------------------------------------------------------
     def _state_fields(self) -> dict[str, Any]:
@@ -128,7 +149,11 @@ class VizCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(**self._state_fields())
+        # Lightning reads the key around every hook call (profiler names): compute it once.
+        # The fields are constructor settings, fixed after ``__init__``.
+        if self._state_key is None:
+            self._state_key = self._generate_state_key(**self._state_fields())
+        return self._state_key
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -145,6 +170,16 @@ class VizCallback(Callback):
         self._last_step = int(state_dict.get("last_step", -1))
         self._resumed_store = state_dict.get("store_dir")
         self.load_extra_state(state_dict)
+        # Lightning restores callback state *after* ``setup``: a resumed run continues the
+        # history of the store named in the checkpoint (when it still exists), not a new one
+        # under the new run's log_dir. Run facts are written at train start, after this.
+        resumed = self._usable_resumed_store()
+        if self.store is not None and self.store_dir is None and resumed is not None:
+            self.store = store_for(resumed)
+
+    def _usable_resumed_store(self) -> str | None:
+        root = self._resumed_store
+        return root if root is not None and os.path.isdir(root) else None
 
     def extra_state(self) -> dict[str, Any]:
         """Subclass state to checkpoint (plain values)."""
@@ -169,8 +204,17 @@ class VizCallback(Callback):
         self.selected = select_layers(
             self._target, self.layers, self.layer_kind, owner=type(self).__name__
         )
-        root = self.store_dir or self._resumed_store or default_store_dir(trainer)  # every rank
+        # Every rank reads trainer.log_dir (it may broadcast), whatever the local file system says.
+        default = default_store_dir(trainer) if self.store_dir is None else None
+        root = self.store_dir or self._usable_resumed_store() or default
         self.store = store_for(root) if trainer.is_global_zero else None
+        self.on_setup(trainer, pl_module)
+
+    def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Subclass hook after layers and store are resolved."""
+
+    def _record_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the run-level facts (at train start: after a checkpoint's state is loaded)."""
         if self.store is not None:
             from cnnviz.analysis.layers import list_layers
 
@@ -186,10 +230,6 @@ class VizCallback(Callback):
                 layers=[info.describe() for info in list_layers(self._target)],
                 max_epochs=trainer.max_epochs,
             )
-        self.on_setup(trainer, pl_module)
-
-    def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Subclass hook after layers and store are resolved."""
 
     # -- cadence --------------------------------------------------------------------------------
     def step_due(self, trainer: pl.Trainer) -> bool:
@@ -202,6 +242,7 @@ class VizCallback(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_run(trainer, pl_module)
         if self.log_on_start and self.events == 0 and trainer.global_step == 0:
             self._fire(trainer, pl_module, Event("start", trainer.current_epoch, 0))
 
@@ -221,7 +262,8 @@ class VizCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write_metrics(trainer)
-        if self.epoch_due(trainer):
+        # A step event at this very step already recorded this state (and took its gradients).
+        if self.epoch_due(trainer) and trainer.global_step != self._last_step:
             self._fire(
                 trainer, pl_module, Event("epoch", trainer.current_epoch, trainer.global_step)
             )
@@ -237,12 +279,12 @@ class VizCallback(Callback):
         _METRICS_WRITTEN[key] = mark
         values = {}
         for name, value in trainer.callback_metrics.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                values[name] = float(value)
-            elif isinstance(value, (int, float)):
+            if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(
+                value, (int, float)
+            ):
                 values[name] = float(value)
         event = Event("epoch", trainer.current_epoch, trainer.global_step)
-        self.store.write(
+        self.store.write_async(
             "metrics",
             None,
             source="cnnviz",
@@ -262,8 +304,18 @@ class VizCallback(Callback):
 
     # -- the end --------------------------------------------------------------------------------
     @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.log_at_end and trainer.global_step != self._last_step:
+            # After training, current_epoch counts the finished epochs: label it the last one.
+            epoch = max(trainer.current_epoch - 1, 0)
+            self._fire(trainer, pl_module, Event("epoch", epoch, trainer.global_step))
+        if self.store is not None:  # before Lightning finalizes the loggers
+            self.store.flush()
+
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.store is not None:
+            self.store.flush()
             self.store.update_run(status="finished", epochs=trainer.current_epoch)
 
     @override
@@ -275,6 +327,10 @@ class VizCallback(Callback):
         self.release()
         if self.store is not None:
             try:
+                # keep what was recorded before the failure
+                late = self.store.flush(raise_errors=False)
+                if late is not None:
+                    rank_zero_warn(f"{type(self).__name__}: a store write failed too: {late!r}")
                 self.store.update_run(
                     status="failed", error=f"{type(exception).__name__}: {exception}"
                 )
@@ -284,6 +340,8 @@ class VizCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.release()
+        if self.store is not None:
+            self.store.flush()
 
     def release(self) -> None:
         """Drop references to device tensors held between events (subclasses extend)."""
@@ -294,7 +352,7 @@ class VizCallback(Callback):
         if self.store is None:
             return
         meta = {**event.meta(), **kw.pop("meta", {})}
-        self.store.write(
+        self.store.write_async(  # encoded and written off the training thread
             kind,
             arrays,
             source=self.state_key,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from cnnviz.callbacks.base import Event, VizCallback
+from cnnviz.callbacks.base import Event, VizCallback, check_count
 from cnnviz.figures.filters import filter_mosaic, filters_figure
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.loggers import log_figure, wants_figures
@@ -79,16 +80,13 @@ class FilterWeights(VizCallback):
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
         )
-        if max_channels is not None and (not isinstance(max_channels, int) or max_channels < 1):
-            raise ValueError(
-                f"FilterWeights: `max_channels` must be a positive int or None; got {max_channels!r}"
-            )
-        if not isinstance(max_in_channels, int) or max_in_channels < 1:
-            raise ValueError(
-                f"FilterWeights: `max_in_channels` must be a positive int; got {max_in_channels!r}"
-            )
-        if dead_tol < 0 or unchanged_tol < 0:
-            raise ValueError("FilterWeights: `dead_tol` and `unchanged_tol` must be >= 0")
+        check_count("FilterWeights", "max_channels", max_channels, allow_none=True)
+        check_count("FilterWeights", "max_in_channels", max_in_channels)
+        for arg, tol in (("dead_tol", dead_tol), ("unchanged_tol", unchanged_tol)):
+            if not isinstance(tol, (int, float)) or isinstance(tol, bool):
+                raise TypeError(f"FilterWeights: `{arg}` must be a number >= 0; got {tol!r}")
+            if not tol >= 0:
+                raise ValueError(f"FilterWeights: `{arg}` must be a number >= 0; got {tol!r}")
         self.max_channels = max_channels
         self.max_in_channels = max_in_channels
         self.record_gradients = record_gradients
@@ -142,7 +140,9 @@ class FilterWeights(VizCallback):
         figures = self.log_to_loggers and wants_figures(trainer.loggers)
         for info in self.selected:
             weight = self.target.get_submodule(info.name).weight.detach()
-            shown = self._slice(weight).float().cpu().numpy()
+            # A copy: on the CPU ``.float().cpu().numpy()`` would alias the live parameter, and
+            # the kept previous state would change with it.
+            shown = self._slice(weight).to("cpu", torch.float32, copy=True).numpy()
             norms = weight.flatten(1).float().norm(dim=1).cpu().numpy()
             arrays: dict[str, Any] = {"weight": shown, "norms": norms}
             grad = self._grads.pop(info.name, None) if event.tag != "start" else None
@@ -178,17 +178,17 @@ class FilterWeights(VizCallback):
                     "unchanged": unchanged,
                     "nonfinite": nonfinite,
                     "layer_type": info.type,
+                    "bias": self.target.get_submodule(info.name).bias is not None,
                 },
             )
             if self.log_to_loggers and trainer.loggers:
                 rgb = info.name in self._rgb
-                img, _, _ = filter_mosaic(shown, rgb=rgb)
-                image = to_uint8_rgb(img if rgb else (normalise(img, symmetric=True) + 1) / 2)
                 log_figure(
                     trainer.loggers,
                     f"cnnviz/filters/{info.name}",
                     step=event.step,
-                    image=image,
+                    image=partial(_filter_image, shown, rgb),  # drawn on the store's thread
+                    submit=self.store.submit,
                     figure=(
                         (
                             lambda s=shown, n=info.name, r=rgb: filters_figure(
@@ -201,7 +201,14 @@ class FilterWeights(VizCallback):
                 )
 
     def _previous_weight(self, layer: str) -> np.ndarray | None:
-        if layer in self._previous or self.store is None:
+        if layer in self._previous or self.store is None or self._resumed_store is None:
             return self._previous.get(layer)
+        # a run resumed from a checkpoint: the previous state is in the store
         records = self.store.records("filters", layer=layer, source=self.state_key)
         return self.store.load(records[-1])["weight"] if records else None  # resumed run
+
+
+def _filter_image(weight: np.ndarray, rgb: bool) -> np.ndarray:
+    """The filters of one layer as an ``[H, W, 3]`` uint8 image (for TensorBoard)."""
+    img, _, _ = filter_mosaic(weight, rgb=rgb)
+    return to_uint8_rgb(img if rgb else (normalise(img, symmetric=True) + 1) / 2)

@@ -77,7 +77,8 @@ def resolve_probe(
     """
     dm = getattr(trainer, "datamodule", None)
     if probe is not None:
-        x, y = probe if isinstance(probe, (tuple, list)) else (probe, None)
+        parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
+        x, y = parts[0], (parts[1] if len(parts) > 1 else None)
         x = x.detach().clone()
         return Probe(
             x=x,

@@ -83,6 +83,7 @@ def filters_figure(
                 )
             )
         else:
+            img = np.where(np.isfinite(img), img, np.nan)  # NaN/Inf weights are drawn blank
             m = float(np.nanmax(np.abs(img))) if np.isfinite(img).any() else 1.0
             fig.add_trace(
                 go.Heatmap(
