@@ -8,11 +8,16 @@ each logging event.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_callbacks", "demo", "demo_parser"]
+__all__ = ["DEMO_MODEL_KWARGS", "default_callbacks", "demo", "demo_parser"]
+
+#: The demo trains LeNet-5 with ReLU and max pooling (the modern variant): it reaches 95% on
+#: Shapes in about half the epochs of the 1998 tanh / average-pooling default.
+DEMO_MODEL_KWARGS: dict[str, dict[str, Any]] = {"lenet5": {"activation": "relu", "pooling": "max"}}
 
 
 def default_callbacks(*, live: bool = True, report: bool = True, quick: bool = False) -> list[Any]:
@@ -36,6 +41,12 @@ def default_callbacks(*, live: bool = True, report: bool = True, quick: bool = F
     return found
 
 
+def _on_cpu(accelerator: str) -> bool:
+    import torch
+
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
 def demo_parser() -> argparse.ArgumentParser:
     """Arguments of ``cnnviz demo``."""
     p = argparse.ArgumentParser(
@@ -43,7 +54,7 @@ def demo_parser() -> argparse.ArgumentParser:
         description="Train LeNet-5 on the built-in Shapes data with every cnnviz callback.",
     )
     p.add_argument("--model", default="lenet5", help="case-study model name (default lenet5)")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     p.add_argument("--image-size", type=int, default=32, help="Shapes image size (default 32)")
     p.add_argument("--num-train", type=int, default=6000, help="training images (default 6000)")
     p.add_argument("--num-val", type=int, default=1000, help="validation images (default 1000)")
@@ -63,7 +74,7 @@ def demo_parser() -> argparse.ArgumentParser:
 def demo(
     *,
     model: str = "lenet5",
-    epochs: int = 6,
+    epochs: int = 8,
     image_size: int = 32,
     num_train: int = 6000,
     num_val: int = 1000,
@@ -97,11 +108,16 @@ def demo(
         The run directory (holds ``cnnviz/``, ``metrics.csv`` and ``report.html``).
     """
     import lightning.pytorch as pl
+    import torch
     from lightning.pytorch.loggers import CSVLogger
 
     from cnnviz.data import ShapesDataModule
     from cnnviz.module import CaseStudyModule
 
+    if _on_cpu(accelerator) and "OMP_NUM_THREADS" not in os.environ:
+        # LeNet-sized ops gain nothing from intra-op threads, and on a busy 2-core machine two
+        # threads made a training step 10-20x slower (thread hand-offs); one thread is steady.
+        torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     dm = ShapesDataModule(
         image_size=image_size,

@@ -109,6 +109,14 @@ class Report(Callback):
     # -- when ----------------------------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run's callbacks switch to the store named in the checkpoint, which Lightning
+        # restores after ``setup``: follow them.
+        if self.target is not None and self.store_dir is None:
+            stores = [cb.store.root for cb in self._viz if cb.store is not None]
+            if stores and Path(stores[0]) != self.store_root:
+                self.store_root = Path(stores[0])
+                if not self.path:
+                    self.target = self.store_root.parent / "report.html"
         if self.live:
             self._build(final=False)
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_bn_net, make_conv1d_net, make_lenet, modes
+from cnnviz_test_helpers import make_bn_net, make_conv1d_net, make_lenet, modes
 from torch import nn
 
 from cnnviz.analysis import attribution as attr_mod

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_bn_net, make_lenet, modes
+from cnnviz_test_helpers import make_bn_net, make_lenet, modes
 from torch import nn
 
 from cnnviz.analysis.attribution import attribute

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import case_module, make_bn_net, make_lenet, make_loaders, make_trainer
+from cnnviz_test_helpers import case_module, make_bn_net, make_lenet, make_loaders, make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-from conftest import PlainModule, make_loaders, make_trainer
+from cnnviz_test_helpers import PlainModule, make_loaders, make_trainer
 
 from cnnviz.callbacks.top_activations import TopActivations
 from cnnviz.store import RunStore
