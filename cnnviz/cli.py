@@ -35,7 +35,8 @@ def _rewrite_fit_args(argv: list[str]) -> list[str]:
         if key == "--model" and eq and not value.startswith(("{", "[")) and "." not in value:
             if value not in models.available():
                 raise SystemExit(
-                    f"cnnviz fit: unknown model {value!r}; available: {', '.join(models.available())}"
+                    f"cnnviz fit: unknown model {value!r}; "
+                    f"available: {', '.join(models.available())}"
                 )
             out.append(f"--model.model={value}")
         elif key == "--data" and eq and not value.startswith(("{", "[")) and "." not in value:

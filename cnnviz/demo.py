@@ -54,7 +54,7 @@ def demo_parser() -> argparse.ArgumentParser:
         description="Train LeNet-5 on the built-in Shapes data with every cnnviz callback.",
     )
     p.add_argument("--model", default="lenet5", help="case-study model name (default lenet5)")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--image-size", type=int, default=32, help="Shapes image size (default 32)")
     p.add_argument("--num-train", type=int, default=6000, help="training images (default 6000)")
     p.add_argument("--num-val", type=int, default=1000, help="validation images (default 1000)")
@@ -74,7 +74,7 @@ def demo_parser() -> argparse.ArgumentParser:
 def demo(
     *,
     model: str = "lenet5",
-    epochs: int = 8,
+    epochs: int = 10,
     image_size: int = 32,
     num_train: int = 6000,
     num_val: int = 1000,

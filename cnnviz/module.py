@@ -1,4 +1,4 @@
-"""``CaseStudyModule``: one LightningModule that trains any classifier with the lecture's recipes."""
+"""``CaseStudyModule``: one LightningModule that trains any classifier with lecture recipes."""
 
 from __future__ import annotations
 

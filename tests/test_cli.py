@@ -19,9 +19,9 @@ def test_shorthands_are_rewritten():
 
 
 def test_unknown_model_and_data_names_list_the_choices():
-    with pytest.raises(SystemExit, match="available: .*lenet5"):
+    with pytest.raises(SystemExit, match=r"available: .*lenet5"):
         _rewrite_fit_args(["--model", "lenet7"])
-    with pytest.raises(SystemExit, match="available: .*shapes"):
+    with pytest.raises(SystemExit, match=r"available: .*shapes"):
         _rewrite_fit_args(["--data", "imagenet"])
 
 
@@ -35,11 +35,18 @@ def test_help_lists_commands(capsys):
 
 def _fit_args(tmp_path, *extra):
     return [
-        "--model", "lenet5",
-        "--data", "shapes",
-        "--data.num_train=64", "--data.num_val=32", "--data.batch_size=32",
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
+        "--model",
+        "lenet5",
+        "--data",
+        "shapes",
+        "--data.num_train=64",
+        "--data.num_val=32",
+        "--data.batch_size=32",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_checkpointing=false",
         f"--trainer.default_root_dir={tmp_path}",
         *extra,
     ]
@@ -63,7 +70,10 @@ def test_fit_from_a_config_file(tmp_path):
         json.dumps(
             {
                 "model": {"model": "convnetjs_cifar10", "optimizer": "adam", "lr": 0.001},
-                "data": {"class_path": "cnnviz.data.ShapesDataModule", "init_args": {"num_train": 64, "num_val": 32}},
+                "data": {
+                    "class_path": "cnnviz.data.ShapesDataModule",
+                    "init_args": {"num_train": 64, "num_val": 32},
+                },
                 "trainer": {
                     "max_epochs": 1,
                     "limit_train_batches": 1,
@@ -85,11 +95,18 @@ def test_fit_from_a_config_file(tmp_path):
 def test_every_task_trains_through_the_cli(tmp_path, model, data):
     cli = run_fit(
         [
-            "--model", model, "--data", data,
+            "--model",
+            model,
+            "--data",
+            data,
             "--data.batch_size=8",
-            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-            "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     assert cli.trainer.global_step == 2
@@ -100,9 +117,25 @@ def test_console_script_demo_quick(tmp_path):
     exe = Path(sys.executable).with_name("cnnviz")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cnnviz.cli"]
     proc = subprocess.run(
-        [*cmd, "demo", "--epochs", "1", "--num-train", "256", "--num-val", "64", "--quick",
-         "--out", str(tmp_path), "--no-live", "--accelerator", "cpu"],
-        capture_output=True, text=True, timeout=600,
+        [
+            *cmd,
+            "demo",
+            "--epochs",
+            "1",
+            "--num-train",
+            "256",
+            "--num-val",
+            "64",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--no-live",
+            "--accelerator",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run directory:" in proc.stdout

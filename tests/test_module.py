@@ -28,10 +28,15 @@ def test_model_kwargs_override_data_info():
 
 
 def test_wraps_any_module_and_trains(tmp_path):
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
     m = CaseStudyModule(net, optimizer="adam", lr=1e-2, scheduler="step", step_size=1)
     trainer = pl.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(m, _loader(), _loader(seed=1))
@@ -66,11 +71,18 @@ def test_wrong_input_size_is_a_clear_error():
 
 @pytest.mark.parametrize("opt,sched", [("sgd", "cosine"), ("adamw", "onecycle"), ("adam", "none")])
 def test_recipes_configure(tmp_path, opt, sched):
-    m = CaseStudyModule("lenet5", data_info={"num_classes": 3, "in_channels": 3}, optimizer=opt, scheduler=sched)
+    m = CaseStudyModule(
+        "lenet5", data_info={"num_classes": 3, "in_channels": 3}, optimizer=opt, scheduler=sched
+    )
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
     )
     before = [p.detach().clone() for p in m.parameters()]
     trainer.fit(m, _loader(), _loader(seed=1))
-    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters(), strict=True))

@@ -40,7 +40,8 @@ class Attributions(VizCallback):
         num_probe: Probe size when taken from the data.
         layer: Grad-CAM layer (default: the last conv/pool layer with spatial output).
         check_method: Method for the randomisation check at the end (``None``: skip it).
-        method_kwargs: Per-method Captum options, e.g. ``{"integrated_gradients": {"n_steps": 32}}``.
+        method_kwargs: Per-method Captum options, e.g.
+            ``{"integrated_gradients": {"n_steps": 32}}``.
         memory_budget_mb: Memory one attribution pass may use (chooses internal batch sizes).
         module: Submodule to explain (default: the LightningModule).
         every_n_epochs: Explain every n epochs (default 1).
@@ -83,7 +84,8 @@ class Attributions(VizCallback):
         valid = available_methods()
         if isinstance(methods, str) or not methods:
             raise ValueError(
-                f"Attributions: `methods` must be a non-empty list of names from: {', '.join(valid)}"
+                "Attributions: `methods` must be a non-empty list of names from: "
+                + ", ".join(valid)
             )
         unknown = [m for m in methods if m not in valid]
         if unknown:
@@ -92,7 +94,8 @@ class Attributions(VizCallback):
             )
         if check_method is not None and check_method not in valid:
             raise ValueError(
-                f"Attributions: unknown `check_method` {check_method!r}; choose from: {', '.join(valid)}"
+                f"Attributions: unknown `check_method` {check_method!r}; "
+                f"choose from: {', '.join(valid)}"
             )
         if not (target in ("pred", "label") or (isinstance(target, int) and target >= 0)):
             raise ValueError(
@@ -102,9 +105,13 @@ class Attributions(VizCallback):
             raise ValueError(f"Attributions: `num_probe` must be a positive int; got {num_probe!r}")
         extra = set(method_kwargs or {}) - set(methods)
         if extra:
-            raise ValueError(f"Attributions: `method_kwargs` names methods not in `methods`: {sorted(extra)}")
+            raise ValueError(
+                f"Attributions: `method_kwargs` names methods not in `methods`: {sorted(extra)}"
+            )
         if not memory_budget_mb > 0:
-            raise ValueError(f"Attributions: `memory_budget_mb` must be > 0; got {memory_budget_mb}")
+            raise ValueError(
+                f"Attributions: `memory_budget_mb` must be > 0; got {memory_budget_mb}"
+            )
         self.methods = list(methods)
         self.target_kind = target
         self.probe = probe
@@ -135,13 +142,23 @@ class Attributions(VizCallback):
             probe = resolve_probe(trainer, self.probe, self.num_probe, "Attributions")
             check_probe(self.target, probe.x, "Attributions")
             if self.target_kind == "label" and probe.y is None:
-                raise ValueError("Attributions: `target='label'` needs labels; pass `probe=(inputs, labels)`")
+                raise ValueError(
+                    "Attributions: `target='label'` needs labels; pass `probe=(inputs, labels)`"
+                )
             self._probe = probe
             if self.store is not None and not self.store.records("probe"):
                 self.write(
                     "probe",
-                    {k: v for k, v in {"x": probe.x, "y": probe.y, "display": probe.display,
-                                        "masks": probe.masks}.items() if v is not None},
+                    {
+                        k: v
+                        for k, v in {
+                            "x": probe.x,
+                            "y": probe.y,
+                            "display": probe.display,
+                            "masks": probe.masks,
+                        }.items()
+                        if v is not None
+                    },
                     Event("start", trainer.current_epoch, trainer.global_step),
                     meta={"class_names": probe.class_names, "shape": list(probe.x.shape)},
                 )
@@ -172,7 +189,13 @@ class Attributions(VizCallback):
         layers: dict[str, str] = {}
         for method in self.methods:
             try:
-                result = attribute(self.target, x, method, **self._kwargs(probe), **self.method_kwargs.get(method, {}))
+                result = attribute(
+                    self.target,
+                    x,
+                    method,
+                    **self._kwargs(probe),
+                    **self.method_kwargs.get(method, {}),
+                )
             except AttributionUnavailable as err:
                 unavailable[method] = err.reason
                 continue
@@ -223,7 +246,11 @@ class Attributions(VizCallback):
         kwargs.pop("memory_budget_mb")
         try:
             result = model_randomisation_check(
-                self.target, x, self.check_method, **kwargs, **self.method_kwargs.get(self.check_method, {})
+                self.target,
+                x,
+                self.check_method,
+                **kwargs,
+                **self.method_kwargs.get(self.check_method, {}),
             )
         except AttributionUnavailable as err:
             rank_zero_warn(f"Attributions: randomisation check skipped: {err}")

@@ -24,7 +24,8 @@ class FeatureVisualization(VizCallback):
     layer the store gets a ``featvis`` record: ``images`` ``[K, H, W, C]`` in ``[0, 1]`` and the
     reached ``activations``; the report shows them beside the filters and top-k patches of the
     same channels. The optimisation never updates the model's parameters and leaves modes,
-    gradients, buffers and RNG streams as they were (:func:`cnnviz.analysis.featvis.visualize_channels`).
+    gradients, buffers and RNG streams as they were
+    (:func:`cnnviz.analysis.featvis.visualize_channels`).
 
     Args:
         layers: Conv/pool layer names or glob patterns (default: every conv and pooling layer).
@@ -72,19 +73,28 @@ class FeatureVisualization(VizCallback):
             log_to_loggers=log_to_loggers,
         )
         if objective not in ("mean", "center"):
-            raise ValueError(f"FeatureVisualization: `objective` must be 'mean' or 'center'; got {objective!r}")
+            raise ValueError(
+                f"FeatureVisualization: `objective` must be 'mean' or 'center'; got {objective!r}"
+            )
         if param not in ("fourier", "pixel"):
-            raise ValueError(f"FeatureVisualization: `param` must be 'fourier' or 'pixel'; got {param!r}")
+            raise ValueError(
+                f"FeatureVisualization: `param` must be 'fourier' or 'pixel'; got {param!r}"
+            )
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"FeatureVisualization: `steps` must be a positive int; got {steps!r}")
         if not lr > 0:
             raise ValueError(f"FeatureVisualization: `lr` must be > 0; got {lr!r}")
         if not isinstance(max_channels, int) or max_channels < 1:
-            raise ValueError(f"FeatureVisualization: `max_channels` must be a positive int; got {max_channels!r}")
+            raise ValueError(
+                f"FeatureVisualization: `max_channels` must be a positive int; got {max_channels!r}"
+            )
         if channels is not None and (
-            isinstance(channels, (str, int)) or not all(isinstance(c, int) and c >= 0 for c in channels)
+            isinstance(channels, (str, int))
+            or not all(isinstance(c, int) and c >= 0 for c in channels)
         ):
-            raise ValueError("FeatureVisualization: `channels` must be a list of channel indices or None")
+            raise ValueError(
+                "FeatureVisualization: `channels` must be a list of channel indices or None"
+            )
         self.channels = None if channels is None else list(channels)
         self.max_channels = max_channels
         self.objective = objective
@@ -111,7 +121,9 @@ class FeatureVisualization(VizCallback):
         from cnnviz.analysis.featvis import visualize_channels
 
         dm = getattr(trainer, "datamodule", None)
-        shape = getattr(self.target, "expected_input_shape", None) or getattr(dm, "input_shape", None)
+        shape = getattr(self.target, "expected_input_shape", None) or getattr(
+            dm, "input_shape", None
+        )
         if shape is None:  # a plain model: read the shape off one validation sample
             from cnnviz.callbacks.probe import resolve_probe
 

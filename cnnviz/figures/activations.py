@@ -134,7 +134,9 @@ def activation_stats_figure(
                     ),
                     name=f"{key} ({label})",
                     showlegend=False,
-                    hovertemplate=f"{layer} channel %{{x}}<br>{key} %{{y:.4f}}<extra>{label}</extra>",
+                    hovertemplate=(
+                        f"{layer} channel %{{x}}<br>{key} %{{y:.4f}}<extra>{label}</extra>"
+                    ),
                 ),
                 row=row,
                 col=1,

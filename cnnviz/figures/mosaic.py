@@ -74,7 +74,10 @@ def normalise(
 
 
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """A [0, 1] grey ``[H, W]`` or colour ``[H, W, 3]`` image as uint8 ``[H, W, 3]``; NaN is white."""
+    """A [0, 1] grey ``[H, W]`` or colour ``[H, W, 3]`` image as uint8 ``[H, W, 3]``.
+
+    NaN pixels (gaps between tiles) become white.
+    """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)

@@ -40,7 +40,11 @@ def _fit(tmp_path, callbacks, seed=0):
         ({"check_method": "nope"}, ValueError, "`check_method`"),
         ({"target": "truth"}, ValueError, "`target`"),
         ({"num_probe": 0}, ValueError, "`num_probe`"),
-        ({"methods": ["saliency"], "method_kwargs": {"occlusion": {}}}, ValueError, "`method_kwargs`"),
+        (
+            {"methods": ["saliency"], "method_kwargs": {"occlusion": {}}},
+            ValueError,
+            "`method_kwargs`",
+        ),
         ({"memory_budget_mb": 0}, ValueError, "`memory_budget_mb`"),
     ],
 )
@@ -98,7 +102,9 @@ def test_no_leak_when_the_model_raises_during_attribution(tmp_path):
             finally:
                 handle.remove()
 
-    trainer = make_trainer(tmp_path, [Boom(methods=["guided_backprop", "smoothgrad"], store_dir=tmp_path / "s")])
+    trainer = make_trainer(
+        tmp_path, [Boom(methods=["guided_backprop", "smoothgrad"], store_dir=tmp_path / "s")]
+    )
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(module, train, val)
     assert hook_count(module) == 0
@@ -131,7 +137,9 @@ def test_trained_and_untrained_models_are_told_apart_on_shapes(tmp_path):
         store_dir=tmp_path / "s",
         every_n_epochs=6,
     )
-    trainer = make_trainer(tmp_path, [cb, ActivationMaps(store_dir=tmp_path / "s", every_n_epochs=6)], max_epochs=6)
+    trainer = make_trainer(
+        tmp_path, [cb, ActivationMaps(store_dir=tmp_path / "s", every_n_epochs=6)], max_epochs=6
+    )
     trainer.fit(module, datamodule=dm)
     store = RunStore(tmp_path / "s")
     checks = [r for r in store.records("attribution_checks") if "mask_share" in r.meta]

@@ -6,7 +6,14 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from cnnviz_test_helpers import case_module, make_bn_net, make_conv1d_net, make_lenet, make_loaders, make_trainer
+from cnnviz_test_helpers import (
+    case_module,
+    make_bn_net,
+    make_conv1d_net,
+    make_lenet,
+    make_loaders,
+    make_trainer,
+)
 
 from cnnviz.analysis.guard import hook_count
 from cnnviz.callbacks import FeatureVisualization
@@ -44,7 +51,7 @@ def test_runs_once_at_the_end_and_writes_images(tmp_path):
         arrays = store.load(record)
         assert arrays["images"].shape == (4, 16, 16, 3)
         assert np.isfinite(arrays["images"].astype(np.float32)).all()
-        assert 0.0 <= arrays["images"].min() and arrays["images"].max() <= 1.0
+        assert arrays["images"].min() >= 0.0 and arrays["images"].max() <= 1.0
         assert record.meta["channels"] == [0, 1, 2, 3]
     assert hook_count(module) == 0
 
