@@ -128,6 +128,7 @@ def demo(
     )
     module = CaseStudyModule(
         model,
+        model_kwargs=DEMO_MODEL_KWARGS.get(model),
         data_info=dm.model_kwargs,
         optimizer="adam",
         lr=lr,

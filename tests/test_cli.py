@@ -64,6 +64,19 @@ def test_fit_with_the_watch_preset(tmp_path):
     assert cli.model.hparams.data_info["num_classes"] == cli.datamodule.num_classes
 
 
+def test_fit_with_the_all_preset_writes_every_kind_and_the_report(tmp_path):
+    cli = run_fit(_fit_args(tmp_path, "--config", str(REPO / "callbacks" / "all.yaml")))
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    for name in ("ReceptiveFields", "TopActivations", "Attributions", "FeatureVisualization"):
+        assert name in names
+    assert [n for n in names if n in ("Report", "FilterWeights")][-1] == "Report"
+    store_dir = Path(cli.trainer.log_dir) / "cnnviz"
+    kinds = {r.kind for r in RunStore(store_dir).records()}
+    expected = {"filters", "activations", "layer_table", "erf", "topk", "attributions", "featvis"}
+    assert expected <= kinds
+    assert (store_dir.parent / "report.html").stat().st_size > 100_000
+
+
 def test_fit_from_a_config_file(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(
