@@ -139,36 +139,8 @@ class ActivationMaps(VizCallback):
             probe = resolve_probe(trainer, self.probe, self.num_probe, "ActivationMaps")
             check_probe(self.target, probe.x, "ActivationMaps")
             self._probe = probe
-            if self._probe_recorded(probe):  # a resumed run continues the same store
-                return probe
-            self.write(
-                "probe",
-                {
-                    k: v
-                    for k, v in {
-                        "x": probe.x,
-                        "y": probe.y,
-                        "display": probe.display,
-                        "masks": probe.masks,
-                    }.items()
-                    if v is not None
-                },
-                Event("start", trainer.current_epoch, trainer.global_step),
-                meta={"class_names": probe.class_names, "shape": list(probe.x.shape)},
-            )
+            self.record_probe(trainer, probe)
         return self._probe
-
-    def _probe_recorded(self, probe: Probe) -> bool:
-        """Whether the store already holds this probe from this callback (resumed run)."""
-        if self.store is None or self._resumed_store is None:
-            return False
-        records = self.store.records("probe", source=self.state_key)
-        if not records:
-            return False
-        stored = self.store.load(records[-1]).get("x")
-        x = probe.x.detach().cpu()
-        x = x.float() if x.dtype == torch.bfloat16 else x
-        return stored is not None and np.array_equal(stored, x.numpy())
 
     @override
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:

@@ -146,22 +146,7 @@ class Attributions(VizCallback):
                     "Attributions: `target='label'` needs labels; pass `probe=(inputs, labels)`"
                 )
             self._probe = probe
-            if self.store is not None and not self.store.records("probe"):
-                self.write(
-                    "probe",
-                    {
-                        k: v
-                        for k, v in {
-                            "x": probe.x,
-                            "y": probe.y,
-                            "display": probe.display,
-                            "masks": probe.masks,
-                        }.items()
-                        if v is not None
-                    },
-                    Event("start", trainer.current_epoch, trainer.global_step),
-                    meta={"class_names": probe.class_names, "shape": list(probe.x.shape)},
-                )
+            self.record_probe(trainer, probe)
         return self._probe
 
     def _kwargs(self, probe: Probe) -> dict[str, Any]:

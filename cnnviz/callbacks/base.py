@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
@@ -20,6 +21,7 @@ from torch import nn
 from typing_extensions import override
 
 from cnnviz.analysis.layers import LayerInfo, LayerKind, resolve_module, select_layers
+from cnnviz.callbacks.probe import Probe
 from cnnviz.store import RunStore
 
 __all__ = ["Event", "VizCallback", "check_count", "store_for"]
@@ -360,6 +362,28 @@ class VizCallback(Callback):
             step=event.step,
             meta=meta,
             **kw,
+        )
+
+    def record_probe(self, trainer: pl.Trainer, probe: Probe) -> None:
+        """Write ``probe`` to the store once: skipped when the store already holds the same inputs.
+
+        Several callbacks share one probe record (the first to need it writes it), and a resumed
+        run continues its store without a duplicate.
+        """
+        if self.store is None:
+            return
+        x = probe.x.detach().cpu()
+        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+        for record in reversed(self.store.records("probe")):
+            stored = self.store.load(record).get("x")
+            if stored is not None and stored.shape == x.shape and np.array_equal(stored, x):
+                return
+        arrays = {"x": probe.x, "y": probe.y, "display": probe.display, "masks": probe.masks}
+        self.write(
+            "probe",
+            {k: v for k, v in arrays.items() if v is not None},
+            Event("start", trainer.current_epoch, trainer.global_step),
+            meta={"class_names": probe.class_names, "shape": list(probe.x.shape)},
         )
 
     @staticmethod
