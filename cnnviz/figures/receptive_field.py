@@ -16,7 +16,7 @@ from cnnviz.figures._common import base_layout
 from cnnviz.figures._steps import fig_height, plotly_text, step_slider
 from cnnviz.figures.images import png_data_uri
 
-__all__ = ["erf_figure", "receptive_field_figure"]
+__all__ = ["erf_figure", "receptive_field_figure", "rf_growth_figure"]
 
 ERF_SCALE = "Inferno"
 
@@ -160,3 +160,70 @@ def erf_figure(
         scaleanchor="x" if h > 1 else None,
     )
     return fig
+
+
+def rf_growth_figure(
+    names: Sequence[str],
+    sizes: Sequence[int | None],
+    jumps: Sequence[int | None],
+    *,
+    input_size: int | None = None,
+) -> go.Figure:
+    """How the receptive field grows with depth: size and effective stride per layer.
+
+    Args:
+        names: Layer names in forward order.
+        sizes: Receptive field size (one axis) per layer; ``None`` where unknown.
+        jumps: Effective stride (jump) per layer.
+        input_size: The input's side, drawn as a reference line (the field covers the whole
+            image once it reaches it).
+
+    Returns:
+        A bar chart of sizes with the jump as a line on a second axis.
+    """
+    if not (len(names) == len(sizes) == len(jumps)):
+        raise ValueError("`names`, `sizes` and `jumps` must have the same length")
+    x = [str(n) for n in names]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=[None if s is None else int(s) for s in sizes],
+            name="receptive field (px)",
+            marker_color="#4c78a8",
+            hovertemplate="%{x}<br>receptive field %{y} px<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[None if j is None else int(j) for j in jumps],
+            name="jump (effective stride)",
+            mode="lines+markers",
+            yaxis="y2",
+            marker_color="#f58518",
+            hovertemplate="%{x}<br>jump %{y} px<extra></extra>",
+        )
+    )
+    if input_size:
+        fig.add_hline(
+            y=input_size,
+            line_dash="dot",
+            line_color="#888",
+            annotation_text=f"input {input_size} px",
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        yaxis={"title": "receptive field (px)", "rangemode": "tozero"},
+        yaxis2={
+            "title": "jump (px)",
+            "overlaying": "y",
+            "side": "right",
+            "rangemode": "tozero",
+            "tickformat": "d",
+            "showgrid": False,
+        },
+        legend={"orientation": "h", "y": 1.12},
+        height=340,
+    )
+    return base_layout(fig, "Receptive field growth with depth", height=340)

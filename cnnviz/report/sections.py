@@ -12,6 +12,7 @@ import numpy as np
 from cnnviz.figures.attributions import attribution_checks_figure, attributions_figure
 from cnnviz.figures.curves import training_curves_figure
 from cnnviz.figures.predictions import predictions_figure
+from cnnviz.figures.receptive_field import rf_growth_figure
 from cnnviz.report.data import RunData, metrics_from_records, pick_events, read_metrics_csv
 from cnnviz.report.html import Page, esc, facts, table
 
@@ -216,6 +217,13 @@ def layer_table_rows(data: RunData) -> dict[str, dict[str, Any]]:
     return {str(r.get("name")): r for r in _table_rows(data)}
 
 
+def _first_int(value: Any) -> int | None:
+    """The first axis of a per-axis value (``[5, 5]`` -> 5), or the int itself."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> None:
     """The lecture's layer table (from ``layer_table``), else the layer list of ``run.json``."""
     rows = _table_rows(data)
@@ -240,7 +248,18 @@ def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> N
             if links
             else ""
         )
-        page.add_section("layer-table", f"<h2>Layer table</h2>{note}{body}")
+        growth = ""
+        sized = [r for r in rows if _first_int(r.get("rf_size")) is not None]
+        if sized:
+            shape = data.info.get("input_shape") or []
+            fig = rf_growth_figure(
+                [str(r.get("name")) for r in sized],
+                [_first_int(r.get("rf_size")) for r in sized],
+                [_first_int(r.get("rf_jump")) for r in sized],
+                input_size=int(shape[-1]) if shape else None,
+            )
+            growth = page.figure(fig)
+        page.add_section("layer-table", f"<h2>Layer table</h2>{note}{body}{growth}")
         return
     described = data.info.get("layers") or []
     if described:

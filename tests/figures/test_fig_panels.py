@@ -142,3 +142,14 @@ def test_attribution_checks() -> None:
     assert len(only.data) == 2
     with pytest.raises(ValueError, match="give `randomisation`"):
         attribution_checks_figure()
+
+
+def test_rf_growth_figure_plots_sizes_and_jumps():
+    from cnnviz.figures.receptive_field import rf_growth_figure
+
+    fig = rf_growth_figure(["c1", "s2", "c3"], [5, 6, 14], [1, 2, 2], input_size=32)
+    assert list(fig.data[0].y) == [5, 6, 14]
+    assert list(fig.data[1].y) == [1, 2, 2]
+    assert fig.data[1].yaxis == "y2"
+    with pytest.raises(ValueError, match="same length"):
+        rf_growth_figure(["c1"], [5, 6], [1])
