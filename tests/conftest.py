@@ -8,6 +8,7 @@ whenever it loads another ``conftest.py`` (``tests/report/conftest.py``), so
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnviz.analysis.guard import hook_count
+
+# Fits in tests do not write report.html unless a test asks (building it costs ~1 s a fit).
+os.environ.setdefault("CNNVIZ_AUTO_REPORT", "0")
 
 # One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine
 # thread hand-offs make every op 10x slower (measured: 4 ms vs 56 ms for a LeNet step).

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
@@ -319,6 +319,34 @@ class VizCallback(Callback):
         if self.store is not None:
             self.store.flush()
             self.store.update_run(status="finished", epochs=trainer.current_epoch)
+            self._default_report(trainer)
+
+    def _default_report(self, trainer: pl.Trainer) -> None:
+        """Write ``report.html`` beside the store when the fit has no ``Report`` callback.
+
+        Done once, by the last cnnviz callback (the others have flushed by then). Set the
+        environment variable ``CNNVIZ_AUTO_REPORT=0`` to turn it off; attach
+        :class:`~cnnviz.callbacks.Report` for live updates or other settings.
+        """
+        from cnnviz.callbacks.report import Report
+
+        if os.environ.get("CNNVIZ_AUTO_REPORT", "1") == "0" or self.store is None:
+            return
+        ours = [cb for cb in trainer.callbacks if isinstance(cb, (VizCallback, Report))]
+        if any(isinstance(cb, Report) for cb in ours) or ours[-1] is not self:
+            return
+        target = self.store.root.parent / "report.html"
+        try:
+            from cnnviz.report.build import build_report
+
+            build_report(self.store.root, target, progress=False)
+        except Exception as err:  # the report must never cost the training run
+            rank_zero_warn(
+                f"cnnviz: could not write {target}: {type(err).__name__}: {err}. "
+                f"Rebuild it with `cnnviz report {self.store.root.parent}`."
+            )
+            return
+        rank_zero_info(f"cnnviz report: {target.resolve()}")
 
     @override
     def on_exception(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from cnnviz_test_helpers import case_module, make_bn_net, make_lenet, make_loaders, make_trainer
 
-from cnnviz.callbacks import ActivationMaps
+from cnnviz.callbacks import ActivationMaps, FilterWeights
 from cnnviz.figures.activations import activation_stats_figure, activations_figure
 from cnnviz.store import RunStore
 
@@ -177,3 +177,17 @@ def test_pre_activation_and_layer_selection(tmp_path) -> None:
 def test_activation_maps_invalid_arguments(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         ActivationMaps(**kwargs)
+
+
+def test_a_fit_without_report_callback_still_writes_the_report(tmp_path, monkeypatch) -> None:
+    """The last cnnviz callback builds report.html at fit end when no Report is attached."""
+    monkeypatch.setenv("CNNVIZ_AUTO_REPORT", "1")
+    train, val = make_loaders()
+    fw, am = (
+        FilterWeights(store_dir=tmp_path / "run" / "cnnviz"),
+        ActivationMaps(store_dir=tmp_path / "run" / "cnnviz"),
+    )
+    make_trainer(tmp_path, [fw, am], max_epochs=1).fit(case_module(make_lenet()), train, val)
+    report = tmp_path / "run" / "report.html"
+    assert report.exists() and report.stat().st_size > 100_000
+    assert "net.0" in report.read_text()
