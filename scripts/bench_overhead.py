@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import shutil
 import statistics
@@ -32,6 +33,10 @@ import sys
 import tempfile
 import time
 import warnings
+
+# This measures the watching callbacks. The report that a fit without a Report callback writes
+# once at its end (~1 s for LeNet-5) is a one-off cost of issue 6, measured by bench_report.py.
+os.environ.setdefault("CNNVIZ_AUTO_REPORT", "0")
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
