@@ -220,6 +220,8 @@ def test_log_figure_routing_and_lazy_figures(tmp_path, monkeypatch, fresh_warnin
 def test_tensorboard_event_file_holds_the_images(tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from cnnviz.callbacks.activation_maps import LOGGER_PROBE_IMAGES
+
     logger = TensorBoardLogger(tmp_path)
     store = _fit(tmp_path, logger, epochs=1)
     logger.finalize("success")
@@ -229,8 +231,10 @@ def test_tensorboard_event_file_holds_the_images(tmp_path) -> None:
     shots = events.Images("cnnviz/activations/net.0")
     assert [s.step for s in shots] == [0, 3]
     maps = store.load(store.records("activations", layer="net.0")[-1])["maps"]  # [3, 6, 12, 12]
-    assert (shots[-1].height, shots[-1].width) == (3 * 12 + 2, 6 * 12 + 5)  # 1-pixel gaps
-    assert maps.shape == (3, 6, 12, 12)
+    # TensorBoard gets the first LOGGER_PROBE_IMAGES (2) probe rows; 1-pixel gaps.
+    assert LOGGER_PROBE_IMAGES == 2
+    assert (shots[-1].height, shots[-1].width) == (2 * 12 + 1, 6 * 12 + 5)
+    assert maps.shape == (3, 6, 12, 12)  # the store keeps every probe input
     decoded = Image.open(io.BytesIO(shots[-1].encoded_image_string))
     assert decoded.format == "PNG" and decoded.mode == "L"  # grey maps: one channel
     assert decoded.size == (shots[-1].width, shots[-1].height)

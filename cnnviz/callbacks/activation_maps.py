@@ -231,7 +231,15 @@ class ActivationMaps(VizCallback):
                 )
 
 
+#: Probe inputs whose maps go to image loggers (TensorBoard); the store and report have all.
+LOGGER_PROBE_IMAGES = 2
+
+
 def _maps_image(maps: np.ndarray) -> np.ndarray:
-    """One layer's maps (rows: probe inputs) as an ``[H, W, 3]`` uint8 image (for TensorBoard)."""
-    img, _, _ = activation_mosaic(maps, scale="channel")
+    """One layer's maps as an ``[H, W, 3]`` uint8 image for TensorBoard.
+
+    Rows are the first :data:`LOGGER_PROBE_IMAGES` probe inputs: TensorBoard checksums every
+    byte in pure Python while holding the GIL, so each image costs training time.
+    """
+    img, _, _ = activation_mosaic(maps[:LOGGER_PROBE_IMAGES], scale="channel")
     return to_uint8_rgb(normalise(img))
