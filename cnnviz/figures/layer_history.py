@@ -45,6 +45,25 @@ def _check_history(history: Sequence[np.ndarray], labels: Sequence[str]) -> None
         raise ValueError("`history` must hold at least one event")
 
 
+def _block_grid(blocks: np.ndarray) -> np.ndarray:
+    """Place ``blocks[r, c]`` (``[R, C, h, w]``, or ``[R, C, L]`` rows) at row ``r``, column ``c``.
+
+    Blocks are separated by one NaN column; 2-D blocks also by one NaN row, 1-D blocks are
+    stacked without row gaps.
+    """
+    if blocks.ndim == 3:
+        blocks, row_gap = blocks[:, :, None, :], 0
+    else:
+        row_gap = 1
+    rows, cols, h, w = blocks.shape
+    out = np.full((rows * (h + row_gap) - row_gap, cols * (w + 1) - 1), np.nan, dtype=np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            y, x = r * (h + row_gap), c * (w + 1)
+            out[y : y + h, x : x + w] = blocks[r, c]
+    return out
+
+
 def filter_grid(weight: np.ndarray) -> np.ndarray:
     """Lay out ``[K, C, kh, kw]`` (or ``[K, C, k]``) filters as one image.
 
@@ -54,20 +73,9 @@ def filter_grid(weight: np.ndarray) -> np.ndarray:
     Wide rather than tall, so that many filters fit a 1280 px page.
     """
     w = np.asarray(weight, dtype=np.float32)
-    if w.ndim == 3:
-        w = w[:, :, None, :]
-        row_gap = 0
-    elif w.ndim == 4:
-        row_gap = 1
-    else:
+    if w.ndim not in (3, 4):
         raise ValueError(f"`weight` must be [K, C, kh, kw] or [K, C, k]; got shape {w.shape}")
-    k, c, kh, kw = w.shape
-    out = np.full((c * (kh + row_gap) - row_gap, k * (kw + 1) - 1), np.nan, dtype=np.float32)
-    for ci in range(c):
-        for f in range(k):
-            y, x = ci * (kh + row_gap), f * (kw + 1)
-            out[y : y + kh, x : x + kw] = w[f, ci]
-    return out
+    return _block_grid(w.swapaxes(0, 1))  # rows: input channels, columns: filters
 
 
 def _grid_labels(
@@ -229,19 +237,9 @@ def activation_grid(maps: np.ndarray) -> np.ndarray:
     separated by one NaN row/column (sequences: one row per probe input, no row gaps).
     """
     a = np.asarray(maps, dtype=np.float32)
-    if a.ndim == 3:
-        a = a[:, :, None, :]
-        row_gap = 0
-    elif a.ndim == 4:
-        row_gap = 1
-    else:
+    if a.ndim not in (3, 4):
         raise ValueError(f"`maps` must be [N, K, h, w] or [N, K, L]; got shape {a.shape}")
-    n, k, h, w = a.shape
-    out = np.full((n * (h + row_gap) - row_gap, k * (w + 1) - 1), np.nan, dtype=np.float32)
-    for p in range(n):
-        for c in range(k):
-            y, x = p * (h + row_gap), c * (w + 1)
-            out[y : y + h, x : x + w] = a[p, c]
+    out = _block_grid(a)  # rows: probe inputs, columns: channels
     return np.where(np.isfinite(out), out, np.nan)
 
 
