@@ -9,7 +9,7 @@ reduced tensors are copied to the host once, when the window closes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.analysis.guard import HookSet, observe
+from cnnviz.analysis.guard import observe
+from cnnviz.analysis.layers import CONV_TYPES
+from cnnviz.analysis.readout import Readout, ReadoutHooks, find_readouts, raw_readout
 
 __all__ = ["CapturedLayer", "LayerCapture", "capture_activations", "channel_stats"]
 
@@ -126,6 +128,11 @@ class LayerCapture:
     default, RNG forked, no gradient). Leaving the window — normally or by exception — removes
     every hook and restores every module's mode.
 
+    Conv layers are read where their :class:`~cnnviz.analysis.readout.Readout` says: after the
+    normalisation and activation that follow them, whatever the module structure (found by
+    data flow in one guarded forward pass of ``example_input``, see
+    :func:`~cnnviz.analysis.readout.find_readouts`). Pooling layers are read as they are.
+
     Args:
         model: The model to watch.
         layers: Qualified names of the layers to hook, or one name (see
@@ -136,17 +143,36 @@ class LayerCapture:
         max_size: Downsample maps larger than this (per spatial axis) by area averaging.
         eval_mode: Run the window in eval mode (recommended; train mode would update BatchNorm
             statistics and draw dropout randomness).
-        post_activation: For a conv layer directly followed (in the same ``nn.Sequential``,
-            normalisation skipped) by an activation such as ReLU, capture the activation's
-            output — what the layer "fires" — instead of the raw pre-activation. The layer
-            keeps its own name; :attr:`sources` tells which module was read.
+        post_activation: Read conv layers after the activation that follows them — what the
+            layer "fires" — instead of the raw conv output. Needs ``example_input`` or
+            ``readouts``; without either, conv layers are read raw and their readout's
+            ``reason`` says so. The layer keeps its own name; :attr:`sources` and
+            :attr:`readouts` tell what was read.
         to_host: Copy the reduced results to the CPU when the window closes.
+        example_input: A batch the model accepts, used (first samples only) to find where each
+            conv layer is read, or a function that runs one forward pass (``lambda:
+            model(batch)`` for models that take a dict batch); ``capture_activations`` passes
+            its inputs.
+        readouts: Readouts found earlier with ``find_readouts`` (a mapping or an iterable);
+            used for the layers they cover, so no discovery pass is needed.
+
+    Attributes:
+        readouts: Per layer, the :class:`~cnnviz.analysis.readout.Readout` used.
+        sources: Per layer, what was read, e.g. ``"layer1.0.relu (call 2)"``.
+        results: Per layer, the :class:`CapturedLayer` (filled during the window).
+
+    Raises:
+        ValueError: If a layer is unknown (the message lists the valid names), a size is not
+            positive, or the forward pass on ``example_input`` fails.
+        TypeError: If a size or a readout has the wrong type.
 
     Example:
-        >>> with LayerCapture(model, ["features.0"], max_channels=8) as cap:
+        >>> with LayerCapture(model, ["features.0"], max_channels=8, example_input=probe) as cap:
         ...     model(probe)
         >>> cap.results["features.0"].maps.shape
         torch.Size([8, 8, 28, 28])
+        >>> cap.readouts["features.0"].describe()
+        'read after features.1'
     """
 
     def __init__(
@@ -160,6 +186,8 @@ class LayerCapture:
         eval_mode: bool = True,
         post_activation: bool = True,
         to_host: bool = True,
+        example_input: torch.Tensor | Sequence[torch.Tensor] | Callable[[], Any] | None = None,
+        readouts: Mapping[str, Readout] | Iterable[Readout] | None = None,
     ) -> None:
         _check_size("max_channels", max_channels)
         _check_size("max_size", max_size)
@@ -174,58 +202,47 @@ class LayerCapture:
             raise ValueError(f"`layers`: unknown layer(s) {unknown}; valid layers are: {valid}")
         self.model = model
         self.layers = list(layers)
-        from cnnviz.analysis.layers import CONV_TYPES, activation_after
-
-        self.sources: dict[str, str] = {}
-        for n in self.layers:
-            after = None
-            if post_activation and isinstance(modules[n], CONV_TYPES):
-                after = activation_after(model, n)
-            self.sources[n] = after or n
-        self._modules = {n: modules[self.sources[n]] for n in self.layers}
+        self.readouts = _plan_readouts(
+            model, self.layers, modules, post_activation, example_input, readouts
+        )
+        self.sources: dict[str, str] = {n: r.source for n, r in self.readouts.items()}
         self.channels = dict(channels or {})
         self.max_channels = max_channels
         self.max_size = max_size
         self.eval_mode = eval_mode
         self.to_host = to_host
         self.results: dict[str, CapturedLayer] = {}
-        self._hooks = HookSet()
+        self._hooks: ReadoutHooks | None = None
         self._stack: contextlib.ExitStack | None = None
 
-    def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in self.results:  # only the first call of a reused module
-                return
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
-                return
-            out = out.detach()
-            stats = channel_stats(out)
-            chosen = self.channels.get(name)
-            if chosen is None:
-                count = (
-                    out.shape[1]
-                    if self.max_channels is None
-                    else min(out.shape[1], self.max_channels)
-                )
-                index = torch.arange(count, device=out.device)
-            else:
-                index = torch.as_tensor(chosen, dtype=torch.long, device=out.device)
-            maps = out.index_select(1, index)  # a copy: later in-place ops cannot change it
-            maps = _downsample(maps, self.max_size)
-            self.results[name] = CapturedLayer(
-                name=name,
-                shape=tuple(out.shape),
-                channels=index,
-                maps=maps,
-                mean=stats["mean"],
-                max=stats["max"],
-                min=stats["min"],
-                zero_fraction=stats["zero_fraction"],
-                nonfinite=stats["nonfinite"],  # type: ignore[arg-type]  # made int on exit
+    def _reduce(self, name: str, output: torch.Tensor) -> None:
+        if name in self.results:  # only the first call of a reused module
+            return
+        if output.dim() not in (3, 4):
+            return
+        out = output.detach()
+        stats = channel_stats(out)
+        chosen = self.channels.get(name)
+        if chosen is None:
+            count = (
+                out.shape[1] if self.max_channels is None else min(out.shape[1], self.max_channels)
             )
-
-        return hook
+            index = torch.arange(count, device=out.device)
+        else:
+            index = torch.as_tensor(chosen, dtype=torch.long, device=out.device)
+        maps = out.index_select(1, index)  # a copy: later in-place ops cannot change it
+        maps = _downsample(maps, self.max_size)
+        self.results[name] = CapturedLayer(
+            name=name,
+            shape=tuple(out.shape),
+            channels=index,
+            maps=maps,
+            mean=stats["mean"],
+            max=stats["max"],
+            min=stats["min"],
+            zero_fraction=stats["zero_fraction"],
+            nonfinite=stats["nonfinite"],  # type: ignore[arg-type]  # made int on exit
+        )
 
     def __enter__(self) -> LayerCapture:
         self.results = {}
@@ -233,9 +250,8 @@ class LayerCapture:
         try:
             stack.enter_context(observe(self.model, eval_mode=self.eval_mode, freeze_params=False))
             stack.enter_context(torch.no_grad())
-            stack.callback(self._hooks.remove)
-            for name, module in self._modules.items():
-                self._hooks.add(module.register_forward_hook(self._hook(name)))
+            self._hooks = ReadoutHooks(self.model, self.readouts, self._reduce)
+            stack.enter_context(self._hooks)
         except BaseException:
             stack.close()
             raise
@@ -254,7 +270,46 @@ class LayerCapture:
 
     def remove(self) -> None:
         """Remove the hooks now (idempotent); the window's other state is restored on exit."""
-        self._hooks.remove()
+        if self._hooks is not None:
+            self._hooks.remove()
+
+
+def _plan_readouts(
+    model: nn.Module,
+    layers: list[str],
+    modules: dict[str, nn.Module],
+    post_activation: bool,
+    example_input: torch.Tensor | Sequence[torch.Tensor] | Callable[[], Any] | None,
+    readouts: Mapping[str, Readout] | Iterable[Readout] | None,
+) -> dict[str, Readout]:
+    """Readouts for ``layers``: given ones first, then discovery, else raw (with the reason)."""
+    given: dict[str, Readout] = {}
+    if readouts is not None:
+        items = list(readouts.values()) if isinstance(readouts, Mapping) else list(readouts)
+        for r in items:
+            if not isinstance(r, Readout):
+                raise TypeError(
+                    "`readouts` must hold Readout objects (from find_readouts); got "
+                    f"{type(r).__name__}"
+                )
+            given[r.layer] = r
+    plan: dict[str, Readout] = {}
+    wanted: list[str] = []
+    for name in layers:
+        if not post_activation:
+            plan[name] = raw_readout(model, name, reason="post_activation=False")
+        elif name in given:
+            plan[name] = given[name]
+        elif isinstance(modules[name], CONV_TYPES) and example_input is not None:
+            wanted.append(name)
+        elif isinstance(modules[name], CONV_TYPES):
+            reason = "no example_input or readouts given to find the activation after it"
+            plan[name] = raw_readout(model, name, reason=reason)
+        else:
+            plan[name] = raw_readout(model, name)
+    if wanted:
+        plan.update(find_readouts(model, example_input, wanted))
+    return {name: plan[name] for name in layers}
 
 
 def capture_activations(
@@ -265,11 +320,16 @@ def capture_activations(
 ) -> tuple[dict[str, CapturedLayer], torch.Tensor]:
     """Run ``inputs`` through ``model`` once and return the selected layers' outputs.
 
+    Conv layers are read after their activation (``post_activation=True``): ``inputs`` also
+    serve as the example input that finds where (unless ``readouts`` or ``example_input`` are
+    passed).
+
     Args:
         model: The model.
         inputs: A probe batch on the model's device.
         layers: Layer names to capture.
-        **kwargs: Passed to :class:`LayerCapture` (``max_channels``, ``max_size``...).
+        **kwargs: Passed to :class:`LayerCapture` (``max_channels``, ``max_size``,
+            ``readouts``...).
 
     Returns:
         ``(results, logits)``: the captured layers by name and the model's output, on the host.
@@ -277,6 +337,7 @@ def capture_activations(
     Example:
         >>> results, logits = capture_activations(model, probe, ["features.0"], max_size=32)
     """
+    kwargs.setdefault("example_input", inputs)
     with LayerCapture(model, layers, **kwargs) as cap:
         logits = model(inputs)
     out = logits[0] if isinstance(logits, (tuple, list)) else logits

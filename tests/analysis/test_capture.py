@@ -38,7 +38,7 @@ def test_outputs_equal_a_manual_forward_pre_and_post_activation(leak_check) -> N
     assert torch.equal(logits, net(x).detach())
     assert pre["0"].shape == (4, 6, 12, 12)
     assert torch.equal(pre["0"].channels, torch.arange(6))
-    cap = LayerCapture(net, layers)
+    cap = LayerCapture(net, layers, example_input=x)
     assert cap.sources == {"0": "1", "2": "2", "3": "4", "5": "5"}
     assert LayerCapture(net, layers, post_activation=False).sources["0"] == "0"
 
