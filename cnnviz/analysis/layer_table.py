@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnviz.analysis.guard import HookSet, observe
 from cnnviz.analysis.layers import CONV_TYPES, POOL_TYPES
-from cnnviz.analysis.receptive_field import ReceptiveField, _shape_run, receptive_fields
+from cnnviz.analysis.receptive_field import ReceptiveField, receptive_fields, shape_run
 
 __all__ = [
     "LayerRow",
@@ -402,7 +402,7 @@ def _shapes(
                     seen[name] = (tuple(x.shape[1:]), tuple(out.shape[1:]))
 
             hooks.add(m.register_forward_hook(hook))
-        _shape_run(model, input_size, run)
+        shape_run(model, input_size, run)
     order = {name: i for i, name in enumerate(seen)}
     rows = [(n, m, k, *seen[n]) for n, m, k in wanted if n in seen]
     rows.sort(key=lambda r: order[r[0]])

@@ -484,23 +484,48 @@ def test_analysis_and_measurement_leave_model_untouched(leak_check) -> None:
         assert torch.equal(value, before[key]), key
 
 
-def test_overflowing_gated_model_is_reported() -> None:
-    class Gate(nn.Module):  # squeeze-and-excitation style: x * f(x) squares magnitudes
-        def __init__(self) -> None:
-            super().__init__()
-            self.convs = nn.ModuleList(nn.Conv2d(2, 2, 3, padding=1) for _ in range(12))
+class _Gate(nn.Module):
+    """Squeeze-and-excitation style gates: ``x * f(x)`` would square magnitudes when linear."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for conv in self.convs:
-                x = conv(x) * (x.mean(dim=(2, 3), keepdim=True) + 9.0)
-            return x
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(2, 2, 3, padding=1) for _ in range(12))
 
-    model = Gate()
-    rf = receptive_fields(model, (2, 8, 8))["convs.11"]
-    assert rf.region(0, 0) == (0, 8, 0, 8)  # the gate makes every unit see the whole image
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = conv(x) * (x.mean(dim=(2, 3), keepdim=True) + 9.0)
+        return x
+
+
+def test_gated_model_is_measured_without_overflow() -> None:
+    model = _Gate()
+    rfs = receptive_fields(model, (2, 40, 40))
+    rf = rfs["convs.11"]
+    assert rf.region(19, 19) == (0, 40, 0, 40)  # the gates make every unit see the whole image
     assert not rf.misaligned and len(rf.groups[0]) == 2  # own window + the global gate
+    assert rf.global_context and rf.local is not None and rf.local_size == (25, 25)
+    # products of two input-dependent values are averaged when linearised: no overflow, and
+    # the full field is what the gradient reaches through the gates
+    assert measure_receptive_field(model, "convs.11", (2, 40, 40)).region == (0, 40, 0, 40)
+    cut = measure_receptive_field(model, "convs.11", (2, 40, 40), local=True)
+    assert cut.region == rf.region(19, 19, local=True) == (7, 32, 7, 32)
+
+
+class _Exponentials(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.exp(torch.exp(torch.exp(torch.exp(x) * 4))))
+
+
+def test_overflowing_linearised_model_is_reported() -> None:
+    model = _Exponentials()
+    assert receptive_fields(model, (1, 8, 8))["conv"].size == (3, 3)
     with pytest.raises(ReceptiveFieldError, match="overflowed"):
-        measure_receptive_field(model, "convs.11", (2, 8, 8))
+        measure_receptive_field(model, "conv", (1, 8, 8))
+    assert hook_count(model) == 0
 
 
 # ------------------------------------------------------------------ effective receptive field
@@ -547,12 +572,19 @@ def test_erf_summary_on_real_net(leak_check) -> None:
     outside[top:bottom, left:right] = 0
     assert float(outside.abs().sum()) == 0.0  # ERF lies inside the theoretical field
     assert float(erf.map.sum()) > 0
-    assert 0 < erf.radius <= math.hypot(5, 5) and erf.effective_size == 2 * erf.radius + 1
-    assert erf.ratio == pytest.approx(erf.effective_size / 10)
+    assert 0 < erf.radius <= math.hypot(5, 5)
+    # the share of the 10x10 field holding 90% of the mass, and the side of that area
+    assert 0 < erf.ratio <= 1 and erf.ratio == pytest.approx(erf.effective_area / 100)
+    assert erf.effective_size == pytest.approx(math.sqrt(erf.effective_area))
+    assert erf.effective_size <= 10 and erf.inside_fraction == pytest.approx(1.0)
+    assert erf.local_fraction is None and erf.note == ""
     assert all(0 < s < 5 for s in erf.sigma)
     assert abs(erf.centroid[0] - (top + bottom - 1) / 2) < 3
     full = effective_receptive_field(model, "7", probe, mass_fraction=1.0)
     assert full.radius >= erf.radius
+    support = int((erf.map[top:bottom, left:right] > 0).sum())
+    assert full.effective_area == pytest.approx(support)
+    assert full.ratio == pytest.approx(support / 100)
     chunked = effective_receptive_field(model, "7", probe, batch_size=4)
     torch.testing.assert_close(chunked.map, erf.map)
     check.verify()

@@ -106,7 +106,7 @@ def test_lenet5_on_shapes_table_fields_and_erf_over_training(tmp_path, leak_chec
     np.testing.assert_allclose(store.load(last)["map"], fresh.map.numpy(), rtol=1e-5, atol=1e-8)
     assert last.meta["theoretical"] == [8, 22, 8, 22] == last.meta["region"]
     assert last.meta["radius"] == pytest.approx(fresh.radius)
-    assert last.meta["ratio"] == pytest.approx(fresh.effective_size / 14)
+    assert last.meta["ratio"] == pytest.approx(fresh.effective_area / 14**2)  # share <= 1
     assert hook_count(module) == 0
 
 
