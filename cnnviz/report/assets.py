@@ -86,6 +86,20 @@ APP_JS = r"""
   var CFG = JSON.parse(document.getElementById("cnnviz-config").textContent);
   var scrollKey = "cnnviz-scroll:" + location.pathname;
   var reloading = CFG.live && CFG.status === "running";
+  // A writer that was killed (kill -9) leaves run.json "running": its heartbeat tells.
+  function writerStopped() {
+    if (typeof CFG.heartbeat !== "number") { return false; }
+    return Date.now() / 1000 - CFG.heartbeat > CFG.stale_s;
+  }
+  function showStopped() {
+    var banner = document.getElementById("live-banner");
+    if (!banner) { return; }
+    var when = new Date(CFG.heartbeat * 1000).toLocaleString();
+    banner.className = "banner failed";
+    banner.textContent = "The writer stopped responding (last heartbeat " + when +
+      "): training was probably killed. This page no longer reloads.";
+  }
+  if (reloading && writerStopped()) { reloading = false; showStopped(); }
   if (reloading && "scrollRestoration" in history) { history.scrollRestoration = "manual"; }
 
   function bytesOf(text) {
@@ -264,6 +278,7 @@ APP_JS = r"""
   if (reloading) {
     var pause = document.getElementById("live-pause");
     var tick = function () {
+      if (writerStopped()) { showStopped(); return; }
       if (pause && pause.checked) { setTimeout(tick, CFG.reload_ms); return; }
       try { sessionStorage.setItem(scrollKey, String(window.scrollY)); } catch (e) {}
       location.reload();

@@ -19,8 +19,10 @@ from cnnviz.report.sections import (
     attributions_section,
     curves_section,
     layer_table_section,
+    notes_section,
     overview_section,
     predictions_section,
+    writer_state,
 )
 
 __all__ = ["build_report", "write_atomic"]
@@ -48,17 +50,26 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
 def _title(data: RunData, title: str | None) -> str:
     if title:
         return title
-    model = data.info.get("model") or "model"
-    dataset = data.info.get("data")
+    model = data.fact("model") or "model"
+    dataset = data.fact("data")
     return f"cnnviz — {model}" + (f" on {dataset}" if dataset else "")
 
 
 def _banner(data: RunData, live: bool) -> str:
-    status = data.info.get("status")
+    status, age = writer_state(data)
+    if status == "stopped":
+        beat = data.fact("heartbeat", (int, float))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(beat)) if beat else "unknown"
+        return (
+            '<div class="banner failed">The run says it is training, but the writer stopped '
+            f"responding (last heartbeat {esc(when)}, {age or 0:.0f} s before this report was "
+            "written): it was probably killed. This page does not reload.</div>"
+        )
     if status == "running" and live:
         return (
-            '<div class="banner live">Training is running: this page reloads every 5 s. '
-            '<label><input type="checkbox" id="live-pause"> pause reloading</label></div>'
+            '<div class="banner live" id="live-banner">Training is running: this page reloads '
+            'every 5 s. <label><input type="checkbox" id="live-pause"> pause reloading</label>'
+            "</div>"
         )
     if status == "running":
         return '<div class="banner live">Training was running when this report was written.</div>'
@@ -129,12 +140,23 @@ def build_report(
                 "This run has no cnnviz data: no callback recorded anything. Add cnnviz callbacks "
                 "(e.g. FilterWeights, ActivationMaps) to the Trainer, or check that the run got as "
                 "far as its first logging event.",
-                {"store": str(data.store.root.resolve()), "status": data.info.get("status")},
+                {
+                    "store": str(data.root.resolve()),
+                    "status": data.fact("status"),
+                    "problems": "; ".join(n.text for n in data.reader.damage[:5]) or None,
+                },
             ),
         )
-        say(f"no cnnviz records in {data.store.root}; wrote a message page to {target}")
+        say(f"no cnnviz records in {data.root}; wrote a message page to {target}")
         return target
-    page = Page(page_title, plotly_js=plotly_js, live=live, status=data.info.get("status"))
+    page = Page(
+        page_title,
+        plotly_js=plotly_js,
+        live=live,
+        status=data.fact("status"),
+        heartbeat=data.fact("heartbeat", (int, float)),
+        built=time.time(),
+    )
     layers = data.layers()
     anchors = {layer: page.new_id(f"layer-{layer}") for layer in layers}
     steps: list[tuple[str, Callable[[], None]]] = [
@@ -167,6 +189,13 @@ def build_report(
             page.nav(anchor, layer, level=1, kind=kind[0] or "")
         else:
             page.nav(anchor, layer, level=1, kind="error")
+    # The notes go right after the overview: they include what the sections above found.
+    before = len(page.sections)
+    _guarded(page, "notes", lambda: notes_section(data, page))
+    if len(page.sections) > before:
+        page.sections.insert(1, page.sections.pop())
+        if page.toc and page.toc[-1][0] == "notes":
+            page.toc.insert(1, page.toc.pop())
     html_text = page.render(banner=_banner(data, live))
     write_atomic(target, html_text)
     size = len(html_text.encode("utf-8"))

@@ -50,7 +50,7 @@ def run_report(argv: Sequence[str]) -> Path:
         raise _fail("cnnviz report", "--max-events must be at least 1")
     try:
         store = find_store(ns.run_dir)
-        empty = not load_run(store).has_content
+        empty = not load_run(store, warn=False).has_content
         path = build_report(
             store,
             ns.output,
@@ -74,7 +74,7 @@ def run_report(argv: Sequence[str]) -> Path:
 
 def inspect_parser() -> argparse.ArgumentParser:
     """Arguments of ``cnnviz inspect``."""
-    from cnnviz.report.inspect import DEFAULT_METHODS
+    from cnnviz.inspect import DEFAULT_METHODS, MAX_PIXELS
 
     p = argparse.ArgumentParser(
         prog="cnnviz inspect",
@@ -92,6 +92,12 @@ def inspect_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="input size in pixels")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes")
     p.add_argument("--num-probe", type=int, default=8, help="Shapes images when no --images")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"largest image (width × height) decoded (default {MAX_PIXELS:,})",
+    )
     p.add_argument(
         "--normalize",
         choices=["shapes", "imagenet", "none"],
@@ -115,7 +121,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 def run_inspect(argv: Sequence[str]) -> Path:
     """Run ``cnnviz inspect``; print and return the report's path."""
-    from cnnviz.report.inspect import inspect_model
+    from cnnviz.inspect import inspect_model
 
     ns = inspect_parser().parse_args(list(argv))
     try:
@@ -132,6 +138,7 @@ def run_inspect(argv: Sequence[str]) -> Path:
             out=ns.output,
             plotly_js="cdn" if ns.cdn else "inline",
             progress=not ns.quiet,
+            max_pixels=ns.max_pixels,
         )
     except (FileNotFoundError, ValueError, TypeError) as err:
         raise _fail("cnnviz inspect", str(err)) from None

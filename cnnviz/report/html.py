@@ -19,18 +19,33 @@ from typing import Any, Literal
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from cnnviz._text import safe_text
 from cnnviz.report.assets import APP_JS, STYLE
 from cnnviz.report.encode import compact_figure, dumps_for_script
+from cnnviz.store.reader import HEARTBEAT_STALE
 
-__all__ = ["Page", "esc", "facts", "message_page", "table"]
+__all__ = ["Page", "esc", "facts", "message_page", "neutral_json", "table", "update_live_heartbeat"]
 
 PlotlyJS = Literal["inline", "cdn"]
 RELOAD_MS = 5000
 
 
 def esc(value: object) -> str:
-    """HTML-escape ``value`` (text and attribute safe)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """HTML-escape ``value`` (text and attribute safe), with bidi overrides made visible.
+
+    Direction controls (U+202A–U+202E, U+2066–U+2069, U+200E/U+200F) from file, layer or class
+    names are shown as ``[U+202E]`` so they cannot reorder the text around them.
+    """
+    return html.escape(safe_text(value), quote=True)
+
+
+_BIDI_JSON = re.compile(r"\\u(20[2][a-eA-E]|206[6-9]|200[eEfF])")
+
+
+def neutral_json(text: str) -> str:
+    r"""Embedded JSON with every bidi control (raw or ``\uXXXX``) shown as ``[U+XXXX]``."""
+    text = _BIDI_JSON.sub(lambda m: f"[U+{m.group(1).upper()}]", text)
+    return safe_text(text)
 
 
 def slug(text: str, taken: set[str]) -> str:
@@ -109,14 +124,20 @@ class Page:
     Args:
         title: Page title (plain text; escaped when written).
         plotly_js: ``"inline"`` (works offline) or ``"cdn"`` (smaller file).
-        live: Reload the page every few seconds while ``status`` is ``"running"``.
+        live: Reload the page every few seconds while ``status`` is ``"running"`` and the
+            writer's heartbeat is fresh.
         status: The run's status (``running``/``finished``/``failed``).
+        heartbeat: The writer's last heartbeat (seconds since the epoch), if known: the page
+            stops reloading, and says so, once it is older than ``HEARTBEAT_STALE``.
+        built: When the page was built (seconds since the epoch).
     """
 
     title: str
     plotly_js: PlotlyJS = "inline"
     live: bool = False
     status: str | None = None
+    heartbeat: float | None = None
+    built: float | None = None
     sections: list[str] = field(default_factory=list)
     toc: list[tuple[str, str, int, str]] = field(default_factory=list)
     scripts: list[str] = field(default_factory=list)
@@ -134,7 +155,7 @@ class Page:
     @staticmethod
     def encode(fig: go.Figure, *, bits: int = 16) -> str:
         """The figure's compact JSON, as it will be embedded."""
-        return dumps_for_script(compact_figure(fig, bits=bits))
+        return neutral_json(dumps_for_script(compact_figure(fig, bits=bits)))
 
     def figure(
         self,
@@ -180,6 +201,9 @@ class Page:
             "live": bool(self.live),
             "status": self.status,
             "reload_ms": RELOAD_MS,
+            "heartbeat": self.heartbeat,
+            "built": self.built,
+            "stale_s": HEARTBEAT_STALE,
             "template": _template(),
         }
         return "".join(
@@ -195,8 +219,8 @@ class Page:
                 banner,
                 "".join(self.sections),
                 "</main></div>",
-                f'<script type="application/json" id="cnnviz-config">{dumps_for_script(config)}'
-                "</script>",
+                '<script type="application/json" id="cnnviz-config">'
+                f"{neutral_json(dumps_for_script(config))}</script>",
                 "".join(self.scripts),
                 f"<script>{APP_JS}</script></body></html>\n",
             ]
@@ -212,3 +236,28 @@ def message_page(title: str, message: str, details: Mapping[str, Any] | None = N
         f'<div class="message"><h1>{esc(title)}</h1><p>{esc(message)}</p>{rows}</div>'
         "</body></html>\n"
     )
+
+
+_CONFIG = re.compile(r'(<script type="application/json" id="cnnviz-config">)(.*?)(</script>)', re.S)
+
+
+def update_live_heartbeat(page_html: str, heartbeat: float, *, status: str | None = None) -> str:
+    """A built page with a new heartbeat (and status) in its config, without rebuilding it.
+
+    A live page compares its heartbeat with the clock; a writer that keeps training without
+    new events can refresh the page this way (a few milliseconds) so it keeps reloading.
+
+    Raises:
+        ValueError: If ``page_html`` is not a cnnviz report page.
+    """
+    import json
+
+    m = _CONFIG.search(page_html)
+    if m is None:
+        raise ValueError("`page_html` is not a cnnviz report (no cnnviz-config block)")
+    config = json.loads(m.group(2))
+    config["heartbeat"] = float(heartbeat)
+    if status is not None:
+        config["status"] = status
+    body = neutral_json(dumps_for_script(config))
+    return page_html[: m.start(2)] + body + page_html[m.end(2) :]

@@ -1,9 +1,14 @@
-"""Page-level sections of the report: overview, curves, layer table, predictions, attributions."""
+"""Page-level sections of the report: overview, notes, curves, layer table, predictions.
+
+Also :func:`guarded`, which turns a figure that fails into a note inside its section.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,17 +20,84 @@ from cnnviz.figures.predictions import predictions_figure
 from cnnviz.figures.receptive_field import rf_growth_figure
 from cnnviz.report.data import RunData, metrics_from_records, pick_events, read_metrics_csv
 from cnnviz.report.html import Page, esc, facts, table
+from cnnviz.store.files import StoreDataError
+from cnnviz.store.reader import HEARTBEAT_STALE
+from cnnviz.store.records import (
+    AttributionChecksRecord,
+    AttributionsRecord,
+    BudgetRecord,
+    ErrorRecord,
+    LayerTableRecord,
+    MetricsRecord,
+    PredictionsRecord,
+    ProbeRecord,
+    TableRow,
+)
 
 __all__ = [
     "ProbeInfo",
     "attributions_section",
     "curves_section",
     "fmt",
+    "guarded",
     "layer_table_section",
+    "nonfinite_note",
+    "notes_section",
     "overview_section",
     "predictions_section",
     "probe_info",
+    "row_values",
+    "writer_state",
 ]
+
+
+def guarded(data: RunData, what: str, build: Callable[[], list[str]]) -> list[str]:
+    """Run one figure's ``build``; a failure becomes a small note in place of the figure.
+
+    The rest of the section (and the page) is drawn as usual; the failure is also a warning
+    and a note in the page's list of problems.
+    """
+    try:
+        return build()
+    except Exception as err:  # one figure must not cost its neighbours
+        detail = "".join(traceback.format_exception_only(type(err), err)).strip()
+        warnings.warn(f"cnnviz report: {what} failed: {detail}", RuntimeWarning, stacklevel=2)
+        data.note(f"{what} could not be drawn: {detail}")
+        return [
+            f'<p class="note fig-error">{esc(what)} could not be drawn: '
+            f"<code>{esc(detail)}</code></p>"
+        ]
+
+
+def nonfinite_note(arrays: Sequence[np.ndarray], labels: Sequence[str]) -> str:
+    """A chip that counts NaN and Inf values of the events shown (``""`` when there are none)."""
+    parts = []
+    for a, label in zip(arrays, labels, strict=False):
+        v = np.asarray(a)
+        if v.dtype.kind != "f":
+            continue
+        nan = int(np.isnan(v).sum())
+        inf = int(np.isinf(v).sum())
+        what = [f"{nan} NaN values" if nan else "", f"{inf} Inf values" if inf else ""]
+        if nan or inf:
+            parts.append(f"{' and '.join(w for w in what if w)} at {label}")
+    if not parts:
+        return ""
+    text = "; ".join(parts[:4]) + (f"; … ({len(parts)} events)" if len(parts) > 4 else "")
+    return f'<span class="chip bad">{esc(text)} (drawn blank)</span>'
+
+
+def writer_state(data: RunData, now: float | None = None) -> tuple[str, float | None]:
+    """``(status, heartbeat age in seconds)`` of the run.
+
+    ``status`` is ``stopped`` for a running store whose writer's heartbeat is older than the
+    limit (the writer was killed or hangs).
+    """
+    status = data.fact("status") or "unknown"
+    age = data.reader.heartbeat_age(now)
+    if status == "running" and age is not None and age > HEARTBEAT_STALE:
+        return "stopped", age
+    return status, age
 
 
 def fmt(value: Any) -> str:
@@ -61,24 +133,32 @@ class ProbeInfo:
         return str(c)
 
 
+def _array(rec: Any, attr: str) -> np.ndarray | None:
+    """A record's array, or ``None`` when it is absent or cannot be read (the reader notes it)."""
+    if rec is None:
+        return None
+    try:
+        value = getattr(rec, attr)
+    except StoreDataError:
+        return None
+    return None if value is None else np.asarray(value)
+
+
 def probe_info(data: RunData, n: int | None = None) -> ProbeInfo:
     """Display images, labels and class names of the run's probe batch (what is known)."""
     names = data.class_names()
-    rec = data.latest("probe")
-    arrays = data.arrays(rec) if rec is not None else {}
-    images = arrays.get("display")
-    if (
-        images is None
-        and "x" in arrays
-        and arrays["x"].ndim == 4
-        and arrays["x"].shape[1] in (1, 3)
-    ):
-        x = arrays["x"].astype(np.float32)
+    rec = data.latest(ProbeRecord)
+    images = _array(rec, "display")
+    x = _array(rec, "x") if images is None else None
+    if x is not None and x.ndim == 4 and x.shape[1] in (1, 3):
+        x = np.nan_to_num(x.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         lo = x.min(axis=(1, 2, 3), keepdims=True)
         hi = x.max(axis=(1, 2, 3), keepdims=True)
         images = ((x - lo) / np.maximum(hi - lo, 1e-12)).transpose(0, 2, 3, 1)
-    y = arrays.get("y")
-    targets = [int(v) for v in np.asarray(y).reshape(-1)] if y is not None else None
+    if images is not None and (images.ndim != 4 or images.shape[-1] not in (1, 3)):
+        images = None
+    y = _array(rec, "y")
+    targets = [int(v) for v in y.reshape(-1) if np.isfinite(v)] if y is not None else None
     count = (
         n
         if n is not None
@@ -92,13 +172,21 @@ def probe_info(data: RunData, n: int | None = None) -> ProbeInfo:
     return info
 
 
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
 def overview_section(data: RunData, page: Page, title: str) -> None:
     """Title, run facts and callback settings."""
-    info = data.info
-    status = info.get("status") or "unknown"
-    css = {"running": "warn", "finished": "ok", "failed": "bad"}.get(status, "")
-    epochs = info.get("epochs")
-    max_epochs = info.get("max_epochs")
+    status, age = writer_state(data)
+    shown = "running — the writer stopped responding" if status == "stopped" else status
+    css = {"running": "warn", "finished": "ok", "failed": "bad", "stopped": "bad"}.get(status, "")
+    epochs = data.fact("epochs", int)
+    max_epochs = data.fact("max_epochs", int)
     epoch_text = None
     if epochs is not None or max_epochs is not None:
         epoch_text = f"{fmt(epochs) if epochs is not None else '?'}"
@@ -106,34 +194,33 @@ def overview_section(data: RunData, page: Page, title: str) -> None:
             epoch_text += f" of {fmt(max_epochs)}"
     kinds: dict[str, int] = {}
     for r in data.records:
-        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        kinds[r.KIND] = kinds.get(r.KIND, 0) + 1
     classes = data.class_names()
+    shape = data.shape_fact("input_shape")
+    params = data.fact("num_parameters", int)
     body = [
         f"<h1>{esc(title)}</h1>",
-        f'<div class="chips"><span class="chip {css} status">{esc(status)}</span>'
+        f'<div class="chips"><span class="chip {css} status">{esc(shown)}</span>'
         + "".join(f'<span class="chip">{esc(k)}: {n}</span>' for k, n in sorted(kinds.items()))
         + "</div>",
         facts(
             [
-                ("model", info.get("model")),
-                ("LightningModule", info.get("module")),
-                ("data", info.get("data")),
-                ("input shape", fmt(info.get("input_shape")) if info.get("input_shape") else None),
-                (
-                    "parameters",
-                    fmt(info.get("num_parameters"))
-                    if info.get("num_parameters") is not None
-                    else None,
-                ),
+                ("model", data.fact("model")),
+                ("LightningModule", data.fact("module")),
+                ("data", data.fact("data")),
+                ("input shape", fmt(shape) if shape else None),
+                ("parameters", fmt(params) if params is not None else None),
                 ("epochs", epoch_text),
                 ("classes", ", ".join(classes) if classes else None),
+                ("run", data.reader.current_run),
+                ("last heartbeat", _age(age) if age is not None and status != "finished" else None),
                 ("run directory", str(data.run_dir.resolve())),
             ]
         ),
     ]
-    if info.get("error"):
-        body.append(f"<h3>Error</h3><pre>{esc(info['error'])}</pre>")
-    settings = info.get("settings")
+    if data.info.get("error"):
+        body.append(f"<h3>Error</h3><pre>{esc(data.info['error'])}</pre>")
+    settings = data.info.get("settings")
     if settings:
         body.append(
             "<details><summary>Callback settings</summary><pre>"
@@ -143,9 +230,55 @@ def overview_section(data: RunData, page: Page, title: str) -> None:
     page.add_section("overview", "".join(body))
 
 
+def notes_section(data: RunData, page: Page) -> None:
+    """What the run reported about itself and what the report skipped.
+
+    Callback errors and budget cuts come from the store; damaged records, missing files and
+    figures that failed from the reader and the report.
+    """
+    errors = data.read(ErrorRecord)
+    budgets = data.read(BudgetRecord)
+    notes = data.all_notes()
+    damage = [n for n in notes if n.level == "damage"]
+    info = [n for n in notes if n.level != "damage"]
+    if not (errors or budgets or notes):
+        return
+    body = ["<h2>Notes on this run</h2>"]
+    if damage:
+        body.append(
+            f'<p class="note"><span class="chip bad">{len(damage)} problems in the run store'
+            "</span> What could not be read was skipped; everything else is shown.</p>"
+        )
+        items = "".join(f"<li>{esc(n.text)}</li>" for n in damage[:200])
+        more = f"<li>… and {len(damage) - 200} more</li>" if len(damage) > 200 else ""
+        body.append(f'<ul class="note store-damage">{items}{more}</ul>')
+    if errors:
+        body.append("<h3>Callback errors (training went on)</h3>")
+        for e in errors[-50:]:
+            where = f" ({e.layer})" if e.layer else ""
+            at = f" at {e.at}" if e.at else (f" at {e.label}" if e.label else "")
+            body.append(
+                f"<details><summary><b>{esc(e.callback)}</b>{esc(where)}{esc(at)}: "
+                f"{esc(e.exception)}: {esc(e.message)}</summary>"
+                f"<pre>{esc(e.traceback)}</pre></details>"
+            )
+    if budgets:
+        body.append("<h3>What the time budget cut</h3><ul class=note>")
+        for b in budgets:
+            settings = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in b.settings.items())
+            extra = f" (to record everything: {esc(settings)})" if settings else ""
+            body.append(f"<li><b>{esc(b.callback)}</b>: {esc('; '.join(b.decisions))}{extra}</li>")
+        body.append("</ul>")
+    if info:
+        items = "".join(f"<li>{esc(n.text)}</li>" for n in info[:50])
+        body.append(f'<ul class="note muted">{items}</ul>')
+    page.nav("notes", "Notes", kind=f"{len(damage)} problems" if damage else "")
+    page.add_section("notes", "".join(body))
+
+
 def curves_section(data: RunData, page: Page) -> None:
     """Loss and accuracy per epoch (``metrics`` records, else the CSVLogger file)."""
-    epochs, values = metrics_from_records(data.of("metrics"))
+    epochs, values = metrics_from_records(data.read(MetricsRecord))
     source = "metrics recorded by the cnnviz callbacks"
     if not values:
         epochs, values = read_metrics_csv(data.run_dir / "metrics.csv")
@@ -158,10 +291,14 @@ def curves_section(data: RunData, page: Page) -> None:
             "<code>self.log(...)</code> in the LightningModule, or add a CSVLogger).</p>",
         )
         return
-    fig = training_curves_figure(epochs, values)
+    body = guarded(
+        data,
+        "training curves",
+        lambda: [page.figure(training_curves_figure(epochs, values))],
+    )
     page.add_section(
         "curves",
-        f"<h2>Training curves</h2><p class=note>From {esc(source)}.</p>" + page.figure(fig),
+        f"<h2>Training curves</h2><p class=note>From {esc(source)}.</p>" + "".join(body),
     )
 
 
@@ -182,39 +319,24 @@ _TABLE_COLUMNS = (
 
 
 def _padding(value: Any) -> Any:
-    """``[[1, 1], [2, 2]]`` (left, right per axis) as ``[1, 2]`` when symmetric."""
-    if (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value)
-    ):
-        if all(v[0] == v[1] for v in value):
-            return [v[0] for v in value]
-        return ["/".join(map(str, v)) for v in value]
+    """Padding per axis for display: ``[1, 1]``, or ``["1/2", ...]`` where before ≠ after."""
+    if isinstance(value, (list, tuple)):
+        return ["/".join(map(str, v)) if isinstance(v, (list, tuple)) else v for v in value]
     return value
 
 
-def normalise_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A layer-table row in the store format (also accepts ``LayerRow.as_dict()`` keys)."""
-    rf = row.get("receptive_field") if isinstance(row.get("receptive_field"), dict) else {}
-    out = dict(row)
-    out["kernel"] = row.get("kernel", row.get("kernel_size"))
-    out["padding"] = _padding(row.get("padding"))
-    out["weights_arithmetic"] = row.get("weights_arithmetic", row.get("params_arithmetic"))
-    out["rf_size"] = row.get("rf_size", rf.get("size"))
-    out["rf_jump"] = row.get("rf_jump", rf.get("jump"))
+def row_values(row: TableRow) -> dict[str, Any]:
+    """A layer-table row as display values (padding pairs as ``before/after``)."""
+    out = {k: getattr(row, k) for k, _ in _TABLE_COLUMNS}
+    out["padding"] = _padding(row.padding)
+    out["params_value"] = row.params
     return out
 
 
-def _table_rows(data: RunData) -> list[dict[str, Any]]:
-    rec = data.latest("layer_table")
-    rows = (rec.meta.get("rows") if rec is not None else None) or []
-    return [normalise_row(r) for r in rows if isinstance(r, dict)]
-
-
-def layer_table_rows(data: RunData) -> dict[str, dict[str, Any]]:
+def layer_table_rows(data: RunData) -> dict[str, TableRow]:
     """Rows of the newest ``layer_table`` record, by layer name."""
-    return {str(r.get("name")): r for r in _table_rows(data)}
+    rec = data.latest(LayerTableRecord)
+    return {r.name: r for r in (rec.rows if rec is not None else ())}
 
 
 def _first_int(value: Any) -> int | None:
@@ -226,17 +348,19 @@ def _first_int(value: Any) -> int | None:
 
 def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> None:
     """The lecture's layer table (from ``layer_table``), else the layer list of ``run.json``."""
-    rows = _table_rows(data)
+    rec = data.latest(LayerTableRecord)
+    rows = list(rec.rows) if rec is not None else []
     page.nav("layer-table", "Layer table")
     if rows:
-        present = [(k, h) for k, h in _TABLE_COLUMNS if any(r.get(k) is not None for r in rows)]
+        values = [row_values(r) for r in rows]
+        present = [(k, h) for k, h in _TABLE_COLUMNS if any(v.get(k) is not None for v in values)]
         numeric = [i for i, (k, _) in enumerate(present) if k in ("params",)]
-        html_rows = [[fmt(r.get(k)) for k, _ in present] for r in rows]
+        html_rows = [[fmt(v.get(k)) for k, _ in present] for v in values]
         body = table([h for _, h in present], html_rows, numeric=numeric)
         links = [
-            f'<a href="#{esc(anchors[str(r.get("name"))])}">{esc(r.get("name"))}</a>'
+            f'<a href="#{esc(anchors[r.name])}">{esc(r.name)}</a>'
             for r in rows
-            if str(r.get("name")) in anchors
+            if r.name in anchors
         ]
         note = (
             (
@@ -248,23 +372,26 @@ def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> N
             if links
             else ""
         )
-        growth = ""
-        sized = [r for r in rows if _first_int(r.get("rf_size")) is not None]
-        if sized:
-            shape = data.info.get("input_shape") or []
+        sized = [r for r in rows if _first_int(r.rf_size) is not None]
+
+        def growth() -> list[str]:
+            if not sized:
+                return []
+            shape = data.shape_fact("input_shape")
             fig = rf_growth_figure(
-                [str(r.get("name")) for r in sized],
-                [_first_int(r.get("rf_size")) for r in sized],
-                [_first_int(r.get("rf_jump")) for r in sized],
+                [r.name for r in sized],
+                [_first_int(r.rf_size) for r in sized],
+                [_first_int(r.rf_jump) for r in sized],
                 input_size=int(shape[-1]) if shape else None,
             )
-            growth = page.figure(fig)
-        page.add_section("layer-table", f"<h2>Layer table</h2>{note}{body}{growth}")
+            return [page.figure(fig)]
+
+        extra = "".join(guarded(data, "receptive-field growth", growth))
+        page.add_section("layer-table", f"<h2>Layer table</h2>{note}{body}{extra}")
         return
-    described = data.info.get("layers") or []
+    described = data.layer_facts()
     if described:
-        parsed = [str(s).partition("  ") for s in described]
-        body = table(["layer", "module"], [[a.strip(), c.strip()] for a, _, c in parsed])
+        body = table(["layer", "module"], [[f.name, f.describe or f.type or ""] for f in described])
         page.add_section(
             "layer-table",
             "<h2>Layers</h2><p class=note>The run recorded no layer table (add the "
@@ -276,44 +403,60 @@ def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> N
 
 def predictions_section(data: RunData, page: Page, *, max_events: int) -> None:
     """Top-3 predictions on the probe images at each logged event."""
-    recs = data.of("predictions")
+    recs = data.same_shape(data.read(PredictionsRecord), "probs", "predictions")
     if not recs:
         return
     recs = pick_events(recs, max_events)
-    n, c = data.arrays(recs[-1])["probs"].shape
-    recs = [r for r in recs if data.arrays(r).get("probs", np.empty(0)).shape == (n, c)]
-    history = [data.arrays(r)["probs"] for r in recs]
-    labels = [str(r.meta.get("label", f"epoch {(r.epoch or 0) + 1}")) for r in recs]
+    history = [np.asarray(r.probs) for r in recs]
+    n, _ = history[-1].shape
+    labels = [r.label for r in recs]
     probe = probe_info(data, n)
-    names = recs[-1].meta.get("class_names") or probe.class_names
+    names = list(recs[-1].class_names or ()) or probe.class_names
     targets = probe.targets if probe.targets is not None and len(probe.targets) == n else None
     images = probe.images if probe.images is not None and len(probe.images) == n else None
-    fig = predictions_figure(history, labels, class_names=names, targets=targets, images=images)
     chips = ""
-    if targets is not None:
+    if targets is not None and np.isfinite(history[-1]).all():
         right = int((history[-1].argmax(1) == np.asarray(targets)).sum())
         chips = (
             f'<div class="chips"><span class="chip">probe accuracy at {esc(labels[-1])}: '
-            f"{right}/{n}</span></div>"
+            f"{right}/{n}</span>{nonfinite_note(history, labels)}</div>"
         )
+    elif nonfinite_note(history, labels):
+        chips = f'<div class="chips">{nonfinite_note(history, labels)}</div>'
+    body = guarded(
+        data,
+        "predictions",
+        lambda: [
+            page.figure(
+                predictions_figure(
+                    [np.nan_to_num(h, nan=0.0) for h in history],
+                    labels,
+                    class_names=names,
+                    targets=targets,
+                    images=images,
+                )
+            )
+        ],
+    )
     page.nav("predictions", "Predictions")
     page.add_section(
         "predictions",
         "<h2>Predictions on the probe images</h2><p class=note>Top-3 classes per image; the "
         "true class is green. Move the slider to see the predictions at each logged event."
-        f"</p>{chips}" + page.figure(fig),
+        f"</p>{chips}" + "".join(body),
     )
 
 
 def attribution_maps(
     data: RunData, methods: Sequence[str] | None = None
-) -> tuple[dict[str, np.ndarray], Any]:
+) -> tuple[dict[str, np.ndarray], AttributionsRecord | None]:
     """``{method: [N, H, W]}`` of the newest ``attributions`` record, and the record."""
-    rec = data.latest("attributions")
-    if rec is None:
+    recs = data.loadable(data.read(AttributionsRecord), "maps")
+    if not recs:
         return {}, None
-    arrays = data.arrays(rec)
-    names = rec.meta.get("methods") or [k for k in arrays if not k.startswith("__")]
+    rec = recs[-1]
+    arrays = rec.maps or {}
+    names = list(rec.methods) or list(arrays)
     out = {}
     for m in names:
         a = arrays.get(m)
@@ -327,18 +470,11 @@ def attribution_maps(
     return out, rec
 
 
-def grad_cam_layer(rec: Any) -> str | None:
+def grad_cam_layer(rec: AttributionsRecord | None) -> str | None:
     """The layer Grad-CAM used, if the attributions record says."""
     if rec is None:
         return None
-    meta = rec.meta
-    layers = meta.get("layers")
-    if isinstance(layers, dict) and layers.get("grad_cam"):
-        return str(layers["grad_cam"])
-    for key in ("grad_cam_layer", "layer"):
-        if meta.get(key):
-            return str(meta[key])
-    return rec.layer
+    return rec.layers.get("grad_cam") or rec.layers.get("guided_grad_cam")
 
 
 def attribution_labels(probe: ProbeInfo, targets: Sequence[int] | None, n: int) -> list[str]:
@@ -352,45 +488,64 @@ def attribution_labels(probe: ProbeInfo, targets: Sequence[int] | None, n: int) 
     return out
 
 
+def _checks(data: RunData) -> tuple[dict[str, Any] | None, dict[str, list[float]] | None]:
+    """The newest randomisation check and mask shares (they come in separate records)."""
+    rand = share = None
+    for rec in data.read(AttributionChecksRecord):
+        if rec.randomisation is not None:
+            r = rec.randomisation
+            rand = {"method": r.method, "layers": list(r.layers), "spearman": list(r.spearman)}
+        if rec.mask_share:
+            share = {k: list(v) for k, v in rec.mask_share.items()}
+    return rand, share
+
+
 def attributions_section(data: RunData, page: Page) -> None:
     """Input attributions of the newest event, with notes and the sanity checks."""
     maps, rec = attribution_maps(data)
-    checks = data.latest("attribution_checks")
-    if rec is None and checks is None:
+    has_checks = bool(data.read(AttributionChecksRecord))
+    if rec is None and not has_checks:
         return
     body = ["<h2>Input attributions</h2>"]
     if rec is not None:
-        meta = rec.meta
         body.append(
             f"<p class=note>Which input pixels drive the prediction, at "
-            f"{esc(meta.get('label', 'the last event'))}. Each map is scaled by its largest "
+            f"{esc(rec.label)}. Each map is scaled by its largest "
             "absolute value; red: evidence for the explained class (after the arrow), blue: "
             "against it.</p>"
         )
         if maps:
             n = next(iter(maps.values())).shape[0]
             probe = probe_info(data, n)
-            targets = meta.get("targets")
             images = probe.images if probe.images is not None and len(probe.images) == n else None
-            fig = attributions_figure(
-                maps,
-                images=images,
-                probe_labels=attribution_labels(probe, targets, n),
-                title="Input attributions (rows: probe images; columns: methods)",
+            names, arrays = list(maps), list(maps.values())
+            chip = nonfinite_note(arrays, names)
+            if chip:
+                body.append(f'<div class="chips">{chip}</div>')
+            body += guarded(
+                data,
+                "input attributions",
+                lambda: [
+                    page.figure(
+                        attributions_figure(
+                            maps,
+                            images=images,
+                            probe_labels=attribution_labels(probe, rec.targets, n),
+                            title="Input attributions (rows: probe images; columns: methods)",
+                        ),
+                        bits=8,
+                    )
+                ],
             )
-            body.append(page.figure(fig, bits=8))
-        notes = meta.get("notes") or {}
-        unavailable = meta.get("unavailable") or {}
-        items = [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in notes.items() if v]
+        items = [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in rec.notes.items() if v]
         items += [
-            f"<li><b>{esc(k)}</b> not available: {esc(v)}</li>" for k, v in unavailable.items()
+            f"<li><b>{esc(k)}</b> not available: {esc(v)}</li>" for k, v in rec.unavailable.items()
         ]
         if items:
             body.append(f"<ul class=note>{''.join(items)}</ul>")
-    if checks is not None:
+    if has_checks:
+        rand, share = _checks(data)
         body.append("<h3>Sanity and faithfulness checks</h3>")
-        rand = checks.meta.get("randomisation") or None
-        share = checks.meta.get("mask_share") or None
         body.append(
             "<p class=note>Model randomisation (Adebayo et al., 2018): the layers are replaced "
             "by random weights from the top down; a map that explains the model must change, "
@@ -399,7 +554,11 @@ def attributions_section(data: RunData, page: Page) -> None:
             "next to the part of the image the object covers (chance).</p>"
         )
         if (rand and rand.get("layers")) or share:
-            body.append(page.figure(attribution_checks_figure(rand, share)))
+            body += guarded(
+                data,
+                "attribution checks",
+                lambda: [page.figure(attribution_checks_figure(rand, share))],
+            )
         if share:
             body.append(
                 table(

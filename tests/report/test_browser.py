@@ -230,3 +230,35 @@ def test_live_page_reloads_and_keeps_its_scroll_position(
     assert page.evaluate("window.stayed") is True
     assert errors == []
     page.close()
+
+
+def test_a_live_page_stops_reloading_when_the_writer_stops_responding(
+    browser: Any, report_file: Path, tmp_path: Path
+) -> None:
+    import time
+
+    from cnnviz.report import build_report
+    from cnnviz.store import RunStore
+
+    store = RunStore(report_file.parent / "cnnviz")
+    # the writer's last heartbeat was 57 s ago: fresh when built, stale within one reload tick
+    store.update_run(status="running", heartbeat=time.time() - 57)
+    try:
+        live = build_report(store.root, tmp_path / "live.html", live=True, progress=False)
+    finally:
+        store.update_run(status="finished")
+    assert 'id="live-pause"' in live.read_text()  # built as a live, reloading page
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live.as_uri())
+    page.evaluate("window.stayed = true")
+    page.wait_for_function(
+        "document.getElementById('live-banner').textContent.includes('stopped responding')",
+        timeout=15_000,
+    )
+    page.wait_for_timeout(6_000)  # longer than one reload interval: it must not reload
+    assert page.evaluate("window.stayed") is True
+    assert "last heartbeat" in page.inner_text("#live-banner")
+    assert errors == []
+    page.close()

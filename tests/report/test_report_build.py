@@ -11,7 +11,8 @@ import pytest
 from report_helpers import EVIL, config, figures, parse, titles, write_full_run
 
 from cnnviz.report import ReportError, build_report
-from cnnviz.store import RunStore
+from cnnviz.store import RunStore, StoreWarning
+from cnnviz.store.files import npz_bytes
 
 
 @pytest.fixture(scope="module")
@@ -221,23 +222,44 @@ def test_curves_fall_back_to_csv_logger_file(tmp_path: Path) -> None:
     assert names == {"train/loss": [1.4, 1.0], "val/acc": [0.5, 0.7]}
 
 
-def test_a_broken_record_costs_one_section_not_the_page(full_run: Path, tmp_path: Path) -> None:
+def test_broken_records_are_skipped_and_noted_not_the_page(full_run: Path, tmp_path: Path) -> None:
     store = RunStore(full_run / "cnnviz")
     rec = store.records("topk", layer="features.0")[-1]
     (store.root / rec.file).write_bytes(b"not an npz")
-    store.write(
-        "filters",
-        {"weight": np.zeros((2, 2))},
-        layer="features.2",
-        epoch=9,
-        step=99,
-        source="f",
-        meta={"label": "epoch 10"},
-    )  # wrong rank: the section fails
-    with pytest.warns(RuntimeWarning, match="section 'layer features.2' failed"):
+    # a record the writer would refuse (2-D filters), as a copied or edited store may hold
+    bad = store.root / "arrays" / "filters" / "bad.npz"
+    bad.write_bytes(npz_bytes({"weight": np.zeros((2, 2)), "norms": np.ones(2)}))
+    line = {
+        "id": "bad",
+        "kind": "filters",
+        "run": None,
+        "writer": "f",
+        "segment": 0,
+        "layer": "features.2",
+        "epoch": 9,
+        "step": 99,
+        "event": "epoch",
+        "label": "epoch 10",
+        "time": 0.0,
+        "file": "arrays/filters/bad.npz",
+        "meta": {},
+    }
+    with (store.root / "manifest.jsonl").open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    with pytest.warns(StoreWarning) as caught:
         html = build_report(full_run, tmp_path / "x.html", progress=False).read_text()
-    assert "This section could not be built" in html
-    assert "features.0 — filters" in html  # the other layers are still there
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "is not an .npz file" in messages and "has shape (2, 2)" in messages
+    text = "".join(parse(html).text)
+    assert "2 problems in the run store" in text
+    assert "epoch 3 of features.0 topk not shown" in text
+    assert "epoch 10 of features.2 filters not shown" in text
+    assert "features.0 — filters" in html and "features.2 — filters" in html
+    fig = next(
+        f for f in figures(html).values() if "features.2 — filters" in f["layout"]["title"]["text"]
+    )
+    labels = [s["label"] for s in fig["layout"]["sliders"][0]["steps"]]
+    assert labels == ["start", "epoch 1", "epoch 2", "epoch 3"]  # the bad record is left out
 
 
 def test_events_are_thinned_to_max_events(full_run: Path, tmp_path: Path) -> None:
@@ -250,3 +272,20 @@ def test_events_are_thinned_to_max_events(full_run: Path, tmp_path: Path) -> Non
     labels = [s["label"] for s in fig["layout"]["sliders"][0]["steps"]]
     assert labels == ["start", "epoch 3"]
     assert "Showing 2 of 4 logged events" in html
+
+
+def test_a_built_page_gets_a_new_heartbeat_without_a_rebuild(
+    full_run: Path, tmp_path: Path
+) -> None:
+    from cnnviz.report.html import update_live_heartbeat
+
+    RunStore(full_run / "cnnviz").update_run(status="running", heartbeat=100.0)
+    html = build_report(full_run, tmp_path / "live.html", live=True, progress=False).read_text()
+    assert config(html)["heartbeat"] == 100.0
+    fresh = update_live_heartbeat(html, 200.0, status="finished")
+    cfg = config(fresh)
+    assert cfg["heartbeat"] == 200.0 and cfg["status"] == "finished"
+    figs = [b for a, b in parse(html).scripts if str(a.get("id", "")).startswith("fig-")]
+    assert figs == [b for a, b in parse(fresh).scripts if str(a.get("id", "")).startswith("fig-")]
+    with pytest.raises(ValueError, match="not a cnnviz report"):
+        update_live_heartbeat("<html></html>", 1.0)

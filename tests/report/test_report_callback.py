@@ -74,12 +74,14 @@ def test_live_report_is_rewritten_after_each_event(tmp_path: Path) -> None:
     assert seen == ["running", "running"]  # the page reloads itself while training runs
     assert report.builds == 4  # start, 2 epochs, end
     html = (tmp_path / "report.html").read_text()
-    assert _config(html) | {"template": None} == {
+    cfg = _config(html)
+    assert {k: cfg[k] for k in ("live", "status", "reload_ms", "stale_s")} == {
         "live": True,
         "status": "finished",
         "reload_ms": 5000,
-        "template": None,
+        "stale_s": 60.0,
     }
+    assert set(cfg) == {"live", "status", "reload_ms", "heartbeat", "built", "stale_s", "template"}
     assert not list(tmp_path.glob(".report.html.*"))  # no temporary file left behind
     # nothing changed in the store: no rebuild; a deleted page is written again
     report._build(final=True)

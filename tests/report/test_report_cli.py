@@ -104,9 +104,11 @@ def test_inspect_with_a_lightning_checkpoint(tmp_path: Path) -> None:
     html = out.read_text()
     t = " ".join(titles(figures(html)))
     assert "Input attributions" in t
-    assert "the input region unit (14, 14) sees" in html  # LeNet's C1 on a 32 px image
+    # LeNet's C1 on a 32 px image: 28×28 units; units 13 and 14 are equally central and the
+    # one rule of cnnviz.recording.centre_unit (callbacks and inspect alike) takes the lower
+    assert "the input region unit (13, 13) sees" in html
     assert "layer_table" in kinds
-    rows = store.records("layer_table")[0].meta["rows"]
+    rows = store.records("layer_table")[0].meta["rows"]  # the untyped view of the record
     c1 = next(r for r in rows if r["name"] == "features.c1")
     assert c1["output_shape"] == [6, 28, 28] and c1["params"] == 456
     assert c1["kernel"] == [5, 5] and c1["rf_size"] == [5, 5]

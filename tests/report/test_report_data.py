@@ -14,7 +14,7 @@ from cnnviz.report.data import (
     pick_events,
     read_metrics_csv,
 )
-from cnnviz.store import Record, RunStore
+from cnnviz.store import Header, MetricsRecord, RunStore
 
 
 def _store(path: Path) -> Path:
@@ -46,16 +46,32 @@ def test_find_store_errors(tmp_path: Path) -> None:
         find_store(tmp_path / "file.txt")
 
 
-def test_layers_follow_the_model_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "layers",
+    [
+        ["b  Conv2d(3→6, k=5, s=1, p=0)", "a  MaxPool2d(k=2, s=2, p=0)"],  # the first format
+        [
+            {"name": "b", "type": "Conv2d", "kind": "conv", "describe": "b  Conv2d(3→6, k=5)"},
+            {"name": "a", "type": "MaxPool2d", "kind": "pool", "describe": "MaxPool2d(k=2)"},
+            "  ",
+            {"describe": "no name"},
+            7,
+        ],
+    ],
+)
+def test_layers_follow_the_model_order(tmp_path: Path, layers: list) -> None:
     store = RunStore(tmp_path / "cnnviz")
-    store.update_run(layers=["b  Conv2d(...)", "a  MaxPool2d(...)"])
+    store.update_run(layers=layers)
     for layer in ("a", "z", "b"):
         store.write("erf", {"map": [[1.0]]}, layer=layer)
-    assert load_run(store.root).layers() == ["b", "a", "z"]
+    data = load_run(store.root)
+    assert data.layers() == ["b", "a", "z"]
+    assert data.facts_of("b").type == "Conv2d" and data.describe("b").startswith("Conv2d(3→6")
+    assert data.facts_of("a").type == "MaxPool2d" and data.facts_of("z") is None
 
 
 def test_pick_events_keeps_first_and_last() -> None:
-    recs = [Record(id=str(i), kind="k") for i in range(10)]
+    recs = [MetricsRecord(values={}, header=Header(id=str(i), kind="metrics")) for i in range(10)]
     assert pick_events(recs, 20) == recs
     picked = [r.id for r in pick_events(recs, 4)]
     assert picked[0] == "0" and picked[-1] == "9" and len(picked) == 4
@@ -72,9 +88,12 @@ def test_metrics_csv(tmp_path: Path) -> None:
 
 
 def test_metrics_records_last_value_per_epoch_wins() -> None:
+    def rec(i: int, epoch: int, values: dict[str, float]) -> MetricsRecord:
+        return MetricsRecord(values=values, header=Header(id=str(i), kind="metrics", epoch=epoch))
+
     recs = [
-        Record(id="1", kind="metrics", epoch=0, meta={"values": {"loss": 1.0}}),
-        Record(id="2", kind="metrics", epoch=0, meta={"values": {"loss": 0.9, "acc": 0.5}}),
-        Record(id="3", kind="metrics", epoch=1, meta={"values": {"loss": 0.7}}),
+        rec(1, 0, {"loss": 1.0}),
+        rec(2, 0, {"loss": 0.9, "acc": 0.5}),
+        rec(3, 1, {"loss": 0.7, "acc": float("nan")}),  # a NaN is no value
     ]
     assert metrics_from_records(recs) == ([1, 2], {"loss": [0.9, 0.7], "acc": [0.5, None]})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cnnviz.report.layers import param_formula
-from cnnviz.report.sections import fmt, normalise_row
+from cnnviz.report.sections import fmt, row_values
+from cnnviz.store import TableRow
 
 
 @pytest.mark.parametrize(
@@ -29,17 +30,18 @@ def test_fmt() -> None:
     assert fmt(None) == "" and fmt(True) == "yes"
 
 
-def test_layer_row_forms_are_normalised() -> None:
-    row = normalise_row(
-        {
-            "name": "c",
-            "kernel_size": [3, 3],
-            "padding": [[1, 1], [0, 1]],
-            "params_arithmetic": "3·3·3·4 + 4 = 112",
-            "receptive_field": {"size": [7, 7], "jump": [2, 2]},
-        }
+def test_layer_row_display_values() -> None:
+    row = TableRow(
+        name="c",
+        kernel=(3, 3),
+        padding=(1, (0, 1)),
+        weights_arithmetic="3·3·3·4 + 4 = 112",
+        rf_size=(7, 7),
+        rf_jump=(2, 2),
     )
-    assert row["kernel"] == [3, 3] and row["padding"] == ["1/1", "0/1"]
-    assert row["weights_arithmetic"] == "3·3·3·4 + 4 = 112"
-    assert row["rf_size"] == [7, 7] and row["rf_jump"] == [2, 2]
-    assert normalise_row({"padding": [[2, 2]]})["padding"] == [2]
+    values = row_values(row)
+    assert values["kernel"] == (3, 3) and values["padding"] == [1, "0/1"]
+    assert values["weights_arithmetic"] == "3·3·3·4 + 4 = 112"
+    assert values["rf_size"] == (7, 7) and values["rf_jump"] == (2, 2)
+    assert fmt(values["padding"]) == "1×0/1"
+    assert row_values(TableRow(name="p", padding=(2,)))["padding"] == [2]

@@ -1,12 +1,17 @@
-"""``inspect_model``: the report of a trained model on some images, without a training run.
+"""``cnnviz inspect``: the report of a trained model on some images, without a training run.
 
 The model is built from the registry (and a checkpoint), the analysis functions run on it
-directly (no Trainer), their results go to a fresh run store, and the report is built from it.
+directly (no Trainer), their results become typed records (the same builders the callbacks use,
+:mod:`cnnviz.recording`) in a fresh run store, and the report is built from it. This module
+needs torch; the report package does not import it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import stat
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,9 +21,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnviz._text import safe_text
+from cnnviz.recording import (
+    activations_record,
+    attributions_record,
+    filters_record,
+    layer_table_record,
+    predictions_record,
+    probe_record,
+    receptive_field_record,
+)
 from cnnviz.store import RunStore
 
-__all__ = ["inspect_model", "load_images", "load_model"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "MAX_PIXELS",
+    "image_size",
+    "inspect_model",
+    "load_images",
+    "load_model",
+]
 
 Normalize = Literal["shapes", "imagenet", "none"]
 _STATS = {"shapes": ((0.5,), (0.3,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
@@ -133,31 +155,138 @@ def load_model(
     return model, name, facts
 
 
+#: Largest image (width × height) ``cnnviz inspect`` decodes; checked from the file header.
+MAX_PIXELS = 25_000_000
+#: Largest image file read, in bytes.
+MAX_IMAGE_BYTES = 256 << 20
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(data):
+                return None
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of a PNG, JPEG, GIF, BMP or WebP image from its header, or ``None``.
+
+    Nothing is decoded: the size is read before deciding whether to decode.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            w = int.from_bytes(data[24:27], "little") + 1
+            h = int.from_bytes(data[27:30], "little") + 1
+            return w, h
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+def _read_image_file(p: Path) -> bytes:
+    """The bytes of an image file: a regular file under the size cap (never blocks)."""
+    shown = safe_text(p)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"`images`: {shown!r} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"`images`: {shown!r} cannot be opened ({err.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"`images`: {shown!r} is not a regular file; pass image files")
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise ValueError(
+                f"`images`: {shown!r} is {st.st_size:,} bytes, over the limit of "
+                f"{MAX_IMAGE_BYTES:,}; pass a smaller image"
+            )
+        chunks = []
+        while chunk := os.read(fd, 1 << 22):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load_images(
-    files: Sequence[str | os.PathLike[str]], size: int, channels: int, normalize: Normalize
+    files: Sequence[str | os.PathLike[str]],
+    size: int,
+    channels: int,
+    normalize: Normalize,
+    *,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Read image files, resize to ``size`` × ``size`` and normalise them.
+
+    Each image's size is read from its header before anything is decoded; an image over
+    ``max_pixels`` is refused.
 
     Returns:
         ``(model inputs [N, C, S, S], display images [N, S, S, C] in [0, 1])``.
 
     Raises:
         FileNotFoundError: If a file is missing.
-        ValueError: If a file is not an image torchvision can decode.
+        ValueError: If a file is not a regular file, not a PNG/JPEG/GIF/BMP/WebP image
+            torchvision can decode, or larger than ``max_pixels``.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.functional import resize
 
+    if not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"`max_pixels` must be a positive int; got {max_pixels!r}")
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     out = []
     for f in files:
         p = Path(f)
-        if not p.is_file():
-            raise FileNotFoundError(f"`images`: {str(p)!r} does not exist")
+        shown = safe_text(p)
+        data = _read_image_file(p)
+        dims = image_size(data)
+        if dims is None:
+            raise ValueError(
+                f"`images`: {shown!r} is not a PNG, JPEG, GIF, BMP or WebP image (its header "
+                "was not recognised)"
+            )
+        w, h = dims
+        if w < 1 or h < 1 or w * h > max_pixels:
+            raise ValueError(
+                f"`images`: {shown!r} is {w}×{h} = {w * h:,} pixels, over the limit of "
+                f"{max_pixels:,}; resize it first, or raise the limit (--max-pixels)"
+            )
         try:
-            img = decode_image(read_file(str(p)), mode=mode)
+            img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
         except (RuntimeError, ValueError) as err:
-            raise ValueError(f"`images`: {str(p)!r} is not a readable image ({err})") from err
+            raise ValueError(f"`images`: {shown!r} is not a readable image ({err})") from err
         img = resize(img.float() / 255.0, [size, size], antialias=True).clamp(0, 1)
         out.append(img)
     display = torch.stack(out)
@@ -170,58 +299,24 @@ def load_images(
     return x, display.permute(0, 2, 3, 1).numpy()
 
 
-def _rows(table: Any) -> list[dict[str, Any]]:
-    """``LayerRow`` objects as rows of the store's ``layer_table`` record."""
-    from cnnviz.report.sections import normalise_row
-
-    rows = []
-    for r in table:
-        row = r.as_dict() if hasattr(r, "as_dict") else dict(r)
-        row = normalise_row(row)
-        row.pop("receptive_field", None)
-        row.pop("kernel_size", None)
-        row.pop("params_arithmetic", None)
-        rows.append(row)
-    return rows
-
-
-def _write_filters(store: RunStore, model: nn.Module, event: dict[str, Any], at: dict) -> None:
+def _record_filters(store: RunStore, model: nn.Module, header: dict[str, Any]) -> None:
     from cnnviz.analysis.layers import list_layers
 
     convs = list_layers(model, "conv")
     for n, info in enumerate(convs):
         module = model.get_submodule(info.name)
-        w = module.weight.detach().float().cpu()
-        shown = w[:64, :16].numpy()
-        norms = w.flatten(1).norm(dim=1).numpy()
-        store.write(
-            "filters",
-            {"weight": shown, "norms": norms},
-            source="inspect",
-            layer=info.name,
-            **at,
-            meta={
-                **event,
-                "channels": list(range(len(shown))),
-                "full_shape": list(w.shape),
-                "rgb": n == 0 and info.dims == 2 and w.shape[1] == 3,
-                "dead": np.flatnonzero(norms < 1e-8).tolist(),
-                "unchanged": [],
-                "nonfinite": int((~np.isfinite(shown)).sum()),
-                "layer_type": info.type,
-                "bias": getattr(module, "bias", None) is not None,
-            },
-        )
+        rgb = n == 0 and info.dims == 2 and int(module.weight.shape[1]) == 3
+        rec = filters_record(info.name, module, max_channels=64, max_in_channels=16, rgb=rgb)
+        store.put(rec, layer=info.name, **header)
 
 
-def _write_activations(
+def _record_activations(
     store: RunStore,
     model: nn.Module,
     x: torch.Tensor,
-    event: dict,
-    at: dict,
+    header: dict[str, Any],
     class_names: list[str] | None,
-) -> torch.Tensor:
+) -> None:
     from cnnviz.analysis.capture import LayerCapture
     from cnnviz.analysis.layers import list_layers
 
@@ -229,129 +324,57 @@ def _write_activations(
     cap = LayerCapture(model, names, max_channels=16, max_size=32, post_activation=True)
     with cap:
         logits = model(x)
-    probs = torch.softmax(logits.detach().float().flatten(1), dim=1)
-    store.write(
-        "predictions",
-        {"probs": probs.numpy()},
-        source="inspect",
-        **at,
-        meta={**event, "class_names": class_names},
-    )
+    store.put(predictions_record(logits, class_names=class_names), **header)
     for name in names:
         r = cap.results.get(name)
         if r is None:
             continue
-        store.write(
-            "activations",
-            {
-                "maps": r.maps.float().numpy().astype(np.float16),
-                "channels": r.channels.numpy(),
-                "mean": r.mean.numpy(),
-                "max": r.max.numpy(),
-                "min": r.min.numpy(),
-                "zero_fraction": r.zero_fraction.numpy(),
-            },
-            source="inspect",
-            layer=name,
-            **at,
-            meta={
-                **event,
-                "shape": list(r.shape),
-                "read_from": cap.sources[name],
-                "nonfinite": r.nonfinite,
-                "layer_type": type(model.get_submodule(name)).__name__,
-            },
+        rec = activations_record(
+            r,
+            read_from=cap.sources[name],
+            layer_type=type(model.get_submodule(name)).__name__,
         )
-    return probs
+        store.put(rec, layer=name, **header)
 
 
-def _write_receptive(
+def _record_receptive(
     store: RunStore,
     model: nn.Module,
     shape: tuple[int, ...],
     display: np.ndarray,
-    event: dict,
-    at: dict,
+    header: dict[str, Any],
 ) -> str | None:
-    try:
-        from cnnviz.analysis.receptive_field import receptive_fields
-    except ImportError:
-        return None
+    from cnnviz.analysis.layer_table import layer_table
+    from cnnviz.analysis.receptive_field import ReceptiveFieldError, receptive_fields
+
+    problem = None
     try:
         rfs = receptive_fields(model, shape)
-    except ValueError as err:  # a model the graph walk cannot model: say so in run.json
-        return str(err)
+    except ReceptiveFieldError as err:  # a model the graph walk cannot model: say so in run.json
+        rfs, problem = {}, str(err)
     for name, rf in rfs.items():
         if rf.ndim != 2 or len(rf.output_spatial) != 2:
             continue
-        unit = tuple(s // 2 for s in rf.output_spatial)
-        store.write(
-            "receptive_field",
-            {"region_image": display[0]},
-            source="inspect",
-            layer=name,
-            **at,
-            meta={
-                **event,
-                "size": list(rf.size),
-                "jump": list(rf.jump),
-                "start": list(rf.start),
-                "unit": list(unit),
-                "region": list(rf.region(*unit)),
-                "misaligned": rf.misaligned,
-            },
-        )
+        store.put(receptive_field_record(rf, image=display[0]), layer=name, **header)
     try:
-        from cnnviz.analysis.layer_table import layer_table
-    except ImportError:
-        return None
-    try:
-        rows = _rows(layer_table(model, shape))
+        rows = layer_table(model, shape, receptive_field=False)
     except (TypeError, ValueError) as err:
-        return str(err)
+        return problem or str(err)
     if rows:
-        store.write("layer_table", None, source="inspect", **at, meta={**event, "rows": rows})
-    return None
+        store.put(layer_table_record(rows, rfs), **header)
+    return problem
 
 
-def _write_attributions(
+def _record_attributions(
     store: RunStore,
     model: nn.Module,
     x: torch.Tensor,
     methods: Sequence[str],
-    event: dict,
-    at: dict,
+    header: dict[str, Any],
 ) -> None:
-    try:
-        from cnnviz.analysis.attribution import AttributionResult, attribute_many
-    except ImportError:
-        return
-    results = attribute_many(model, x, list(methods))
-    arrays, notes, unavailable, targets, layers = {}, {}, {}, None, {}
-    for m, res in results.items():
-        if isinstance(res, AttributionResult):
-            arrays[m] = res.attributions.float().sum(dim=1).numpy()
-            targets = res.targets.tolist() if targets is None else targets
-            if res.note:
-                notes[m] = res.note
-            if res.layer:
-                layers[m] = res.layer
-        else:
-            unavailable[m] = str(res)
-    store.write(
-        "attributions",
-        arrays,
-        source="inspect",
-        **at,
-        meta={
-            **event,
-            "methods": list(arrays),
-            "targets": targets,
-            "notes": notes,
-            "unavailable": unavailable,
-            "layers": layers,
-        },
-    )
+    from cnnviz.analysis.attribution import attribute_many
+
+    store.put(attributions_record(attribute_many(model, x, list(methods))), **header)
 
 
 def inspect_model(
@@ -368,6 +391,7 @@ def inspect_model(
     out: str | os.PathLike[str] | None = None,
     plotly_js: Literal["inline", "cdn"] = "inline",
     progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> Path:
     """Write a run store and the report for a (trained) model and some images.
 
@@ -388,6 +412,7 @@ def inspect_model(
         out: Report file (default ``<run_dir>/report.html``).
         plotly_js: ``"inline"`` or ``"cdn"``.
         progress: Progress lines on stderr.
+        max_pixels: Largest image file (width × height) decoded.
 
     Returns:
         The report's path.
@@ -411,7 +436,7 @@ def inspect_model(
 
     def say(msg: str) -> None:
         if progress:
-            print(f"cnnviz inspect: {msg}", file=sys.stderr, flush=True)
+            print(f"cnnviz inspect: {safe_text(msg)}", file=sys.stderr, flush=True)
 
     net, name, facts = load_model(model, checkpoint, input_size=input_size, num_classes=num_classes)
     shape = tuple(
@@ -425,8 +450,8 @@ def inspect_model(
     y = masks = None
     class_names: list[str] | None = None
     if images:
-        x, display = load_images(images, size, channels, normalize)
-        data = "images: " + ", ".join(Path(f).name for f in images)
+        x, display = load_images(images, size, channels, normalize, max_pixels=max_pixels)
+        data = "images: " + ", ".join(safe_text(Path(f).name) for f in images)
     else:
         from cnnviz.data import ShapesDataModule
 
@@ -458,48 +483,49 @@ def inspect_model(
             else "checkpoint"
         )
     )
-    event = {"event": "start", "label": label}
-    at = {"epoch": int(facts["epoch"] or 0), "step": int(facts["step"] or 0)}
-    store.update_run(
-        status="running",
-        model=name,
-        module=None,
-        data=data,
-        class_names=class_names,
-        input_shape=list(shape),
-        num_parameters=sum(p.numel() for p in net.parameters()),
-        layers=[i.describe() for i in list_layers(net)],
-        epochs=facts["epoch"],
-        settings={
-            "inspect": {
-                "checkpoint": None if checkpoint is None else str(checkpoint),
-                "normalize": normalize,
-                "methods": list(methods or []),
-            }
-        },
-    )
+    header = {
+        "writer": "inspect",
+        "event": "start",
+        "label": label,
+        "epoch": int(facts["epoch"] or 0),
+        "step": int(facts["step"] or 0),
+    }
+    store.open_writer(f"inspect-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
     try:
-        say(f"recording {name} on {len(x)} images -> {store.root}")
-        store.write(
-            "probe",
-            {
-                k: v
-                for k, v in {"x": x, "y": y, "display": display, "masks": masks}.items()
-                if v is not None
+        store.update_run(
+            model=name,
+            module=None,
+            data=data,
+            class_names=class_names,
+            input_shape=list(shape),
+            num_parameters=sum(p.numel() for p in net.parameters()),
+            layers=[
+                {"name": i.name, "type": i.type, "kind": i.kind, "describe": i.describe()}
+                for i in list_layers(net)
+            ],
+            epochs=facts["epoch"],
+            settings={
+                "inspect": {
+                    "checkpoint": None if checkpoint is None else str(checkpoint),
+                    "normalize": normalize,
+                    "methods": list(methods or []),
+                }
             },
-            source="inspect",
-            **at,
-            meta={**event, "class_names": class_names, "shape": list(x.shape)},
         )
-        _write_filters(store, net, event, at)
-        _write_activations(store, net, x, event, at, class_names)
+        say(f"recording {name} on {len(x)} images -> {store.root}")
+        store.put(
+            probe_record(x, y=y, display=display, masks=masks, class_names=class_names), **header
+        )
+        _record_filters(store, net, header)
+        _record_activations(store, net, x, header, class_names)
         say("receptive fields")
-        problem = _write_receptive(store, net, shape, display, event, at)
+        problem = _record_receptive(store, net, shape, display, header)
         if methods:
             say(f"attributions ({', '.join(methods)})")
-            _write_attributions(store, net, x, methods, event, at)
-        store.update_run(status="finished", receptive_fields_note=problem)
+            _record_attributions(store, net, x, methods, header)
+        store.update_run(receptive_fields_note=problem)
+        store.close(status="finished")
     except BaseException as err:
-        store.update_run(status="failed", error=f"{type(err).__name__}: {err}")
+        store.close(status="failed", error=f"{type(err).__name__}: {err}")
         raise
     return build_report(target_dir, out, plotly_js=plotly_js, progress=progress)
