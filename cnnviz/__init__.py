@@ -6,6 +6,9 @@ attributions to a run store, as Plotly figures for your loggers and one HTML rep
 The public surface (loaded lazily, so ``import cnnviz.analysis`` does not import Lightning):
 
 - :func:`list_layers`, :func:`select_layers`, :class:`LayerCapture`, :func:`capture_activations`
+- :func:`receptive_fields`, :func:`effective_receptive_field`, :class:`ReceptiveField`
+- :func:`find_readouts` (what each conv "fires": after its norm and activation),
+  :func:`resolve_io` (how to call a model on a batch and read its class scores)
 - :class:`CaseStudyModule`, :class:`RunStore`
 - ``cnnviz.models``, ``cnnviz.data``, ``cnnviz.callbacks``, ``cnnviz.figures``
 """
@@ -23,6 +26,11 @@ _LAZY = {
     "LayerCapture": "cnnviz.analysis.capture",
     "capture_activations": "cnnviz.analysis.capture",
     "hook_count": "cnnviz.analysis.guard",
+    "receptive_fields": "cnnviz.analysis.receptive_field",
+    "effective_receptive_field": "cnnviz.analysis.receptive_field",
+    "ReceptiveField": "cnnviz.analysis.receptive_field",
+    "find_readouts": "cnnviz.analysis.readout",
+    "resolve_io": "cnnviz.analysis.modelio",
     "CaseStudyModule": "cnnviz.module",
     "RunStore": "cnnviz.store",
     "build_report": "cnnviz.report",

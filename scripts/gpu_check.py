@@ -12,12 +12,20 @@ Two parts, on LeNet-5 / Shapes 32 px by default:
    same fit without the callbacks gives Lightning's own count; the difference is what cnnviz adds
    (expected: 0).
 
+3. A user's setup (``--part user``, run by default after 1 and 2): torchvision's ResNet-50 at
+   224 px in a user's own LightningModule (tuple batches, ``(logits, features)`` output), compiled
+   with ``torch.compile``, ``precision="bf16-mixed"``, ``channels_last``, with **every** cnnviz
+   callback at its defaults (the time budget on). Prints the dynamo graphs built with and without
+   the callbacks (they must be equal), the wall-time ratio, the host syncs added on ordinary
+   steps, and what the budget cut.
+
 Without CUDA it says so and exits 0. ``--device cpu`` runs the same harness on the CPU (no sync
-detection there), to check the script itself.
+detection there), to check the script itself (``--size 64 --epochs 1`` keeps it short).
 
 Usage::
 
     .venv/bin/python scripts/gpu_check.py [--epochs 3] [--repeats 3] [--model lenet5|resnet18]
+    .venv/bin/python scripts/gpu_check.py --part user [--size 224] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -137,6 +145,144 @@ def fit(
     return time.perf_counter() - start, opener
 
 
+def user_module(size: int, num_classes: int) -> Any:
+    """ResNet-50 from torchvision in a user's own LightningModule, compiled, channels_last."""
+    import lightning.pytorch as pl
+    import torch.nn.functional as F
+    import torchvision
+
+    class UserModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            net = torchvision.models.resnet50(num_classes=num_classes)
+            self.net = torch.compile(net.to(memory_format=torch.channels_last))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.net(x)
+            return logits, logits.detach().softmax(dim=1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = F.cross_entropy(self(x.to(memory_format=torch.channels_last))[0], y)
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", F.cross_entropy(self(x)[0], y))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    return UserModule()
+
+
+def user_setup(args: argparse.Namespace) -> int:
+    """Part 3: a compiled, bf16-mixed, channels_last ResNet-50 with every callback."""
+    import lightning.pytorch as pl
+    import torch._dynamo
+    import torch._dynamo.utils as dynamo_utils
+
+    from cnnviz.callbacks import (
+        ActivationMaps,
+        Attributions,
+        FeatureVisualization,
+        FilterWeights,
+        ReceptiveFields,
+        TopActivations,
+    )
+    from cnnviz.data.shapes import ShapesDataModule
+
+    size = args.size
+    dm = ShapesDataModule(image_size=size, num_train=args.num_train, num_val=256, batch_size=32)
+    dm.setup("fit")
+    root = Path(tempfile.mkdtemp(prefix="cnnviz-gpu-user-"))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(
+        f"user setup: torchvision resnet50 {size}px, compiled, bf16-mixed, channels_last, {device}"
+    )
+
+    def every() -> list[Any]:
+        return [
+            FilterWeights(),
+            ActivationMaps(),
+            ReceptiveFields(),
+            TopActivations(),
+            Attributions(),
+            FeatureVisualization(),
+        ]
+
+    def run(watched: bool, rep: str, sync_check: bool = False) -> tuple[float, int, Any, Any]:
+        torch._dynamo.reset()
+        pl.seed_everything(0, verbose=False)
+        cbs = every() if watched else []
+        callbacks: list[Any] = list(cbs)
+        opener = None
+        if sync_check:
+            opener, closer = make_watchers(cbs or every(), enabled=args.device == "cuda")
+            callbacks = [opener, *callbacks, closer]
+        trainer = pl.Trainer(
+            accelerator="gpu" if args.device == "cuda" else "cpu",
+            devices=1,
+            precision="bf16-mixed",
+            max_epochs=args.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=str(root / rep),
+            callbacks=callbacks,
+        )
+        module = user_module(size, dm.num_classes)
+        before = int(dynamo_utils.counters["stats"]["unique_graphs"])
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        graphs = int(dynamo_utils.counters["stats"]["unique_graphs"]) - before
+        return time.perf_counter() - start, graphs, opener, cbs
+
+    run(False, "warmup")  # compile caches, cuDNN autotune, lazy imports
+    times: dict[bool, list[float]] = {False: [], True: []}
+    graphs: dict[bool, int] = {}
+    cbs: list[Any] = []
+    for rep in range(args.repeats):
+        for watched in (False, True) if rep % 2 == 0 else (True, False):
+            seconds, count, _, used = run(watched, f"r{rep}-{int(watched)}")
+            times[watched].append(seconds)
+            graphs[watched] = count
+            cbs = used or cbs
+            print(
+                f"  rep {rep} {'with   ' if watched else 'without'} {seconds:7.2f} s, "
+                f"{count} dynamo graphs",
+                flush=True,
+            )
+    m0, m1 = statistics.median(times[False]), statistics.median(times[True])
+    print(
+        f"graphs: without {graphs[False]}, with every callback {graphs[True]} "
+        f"({'equal' if graphs[False] == graphs[True] else 'DIFFERENT'})"
+    )
+    print(f"overhead: without {m0:.2f} s, with {m1:.2f} s, ratio {m1 / m0:.3f} (budget 1.10)")
+    for cb in cbs:
+        cuts = "; ".join(cb._said_cuts) or "nothing cut"
+        print(f"  budget: {type(cb).__name__}: {cuts}")
+    _, _, base, _ = run(False, "sync0", sync_check=True)
+    _, _, mine, _ = run(True, "sync1", sync_check=True)
+    added = len(mine.syncs) - len(base.syncs)
+    print(
+        f"host syncs on {mine.ordinary_steps} ordinary steps: with callbacks {len(mine.syncs)}, "
+        f"without {len(base.syncs)} -> added by cnnviz: {added}"
+    )
+    for line in sorted(set(mine.syncs) - set(base.syncs))[:10]:
+        print("  ", line)
+    ok = graphs[False] == graphs[True] and added <= 0
+    print("user setup:", "OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=list(SIZES), default="lenet5")
@@ -145,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=5000)
     parser.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--part", choices=["all", "overhead", "user"], default="all")
+    parser.add_argument("--size", type=int, default=224, help="image size of the user setup")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available on this machine; nothing to check.")
@@ -156,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     from cnnviz.data.shapes import ShapesDataModule
 
+    if args.part == "user":
+        return user_setup(args)
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     size = SIZES[args.model]
     print(f"gpu_check: {args.model} on Shapes {size}px, {device}, torch {torch.__version__}")
@@ -191,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cuda":
         print("(cpu run: sync detection needs CUDA; this only exercised the harness)")
     print("sync check:", "OK (none added)" if added <= 0 else "FAILED: cnnviz synchronised")
-    return 0 if added <= 0 else 1
+    status = 0 if added <= 0 else 1
+    if args.part == "all":
+        status = max(status, user_setup(args))
+    return status
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ from cnnviz.analysis.guard import hook_count
 
 # Fits in tests do not write report.html unless a test asks (building it costs ~1 s a fit).
 os.environ.setdefault("CNNVIZ_AUTO_REPORT", "0")
+# Callbacks raise instead of warning and going on, unless a test asks for `strict=False`.
+os.environ.setdefault("CNNVIZ_STRICT", "1")
+# No time budget: tests check what callbacks record; the budget has tests of its own.
+os.environ.setdefault("CNNVIZ_BUDGET", "off")
 
 # One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine
 # thread hand-offs make every op 10x slower (measured: 4 ms vs 56 ms for a LeNet step).

@@ -14,7 +14,15 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet", "hook_count", "model_devices", "observe"]
+__all__ = [
+    "HookSet",
+    "eager",
+    "eager_stance",
+    "hook_count",
+    "is_compiled",
+    "model_devices",
+    "observe",
+]
 
 
 class HookSet:
@@ -69,6 +77,90 @@ def hook_count(model: nn.Module) -> int:
     return total
 
 
+def _compiled_forward(module: nn.Module) -> bool:
+    """Whether ``module`` has an instance ``forward`` wrapped by ``torch.compile``.
+
+    Lightning's ``trainer.fit(torch.compile(m))`` unwraps ``m`` but sets ``m.forward`` to the
+    compiled function; ``m.compile()`` sets ``_compiled_call_impl``.
+    """
+    forward = module.__dict__.get("forward")
+    compiled = forward is not None and getattr(forward, "_torchdynamo_orig_callable", None)
+    return bool(compiled) or module.__dict__.get("_compiled_call_impl") is not None
+
+
+def _optimized_type() -> type | None:
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return None
+    return OptimizedModule
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or any submodule runs through ``torch.compile``."""
+    optimized = _optimized_type()
+    return any(
+        (optimized is not None and isinstance(m, optimized)) or _compiled_forward(m)
+        for m in model.modules()
+    )
+
+
+def eager(model: nn.Module) -> nn.Module:
+    """A view of ``model`` that runs eagerly, for analysis passes of a compiled model.
+
+    Registering hooks on, or switching the mode of, a module that runs through
+    ``torch.compile`` changes dynamo's guards, so the next training step recompiles. cnnviz
+    therefore never runs analysis through the compiled module: the view replaces every
+    ``OptimizedModule`` by its original module and drops compiled ``forward`` wrappers. Only the
+    modules on the way to a compiled part are copied (shallowly, with their own child table);
+    parameters, buffers and every other module are shared, so the view sees the live weights
+    and hooks land on the real layers. Qualified names in the view carry no ``_orig_mod.``.
+    A model with nothing compiled is returned as it is.
+
+    Args:
+        model: The module to view.
+
+    Returns:
+        ``model`` itself, or the eager view.
+    """
+    optimized = _optimized_type()
+    if optimized is None:
+        return model
+
+    def needs(m: nn.Module) -> bool:
+        return any(isinstance(x, optimized) or _compiled_forward(x) for x in m.modules())
+
+    def view(m: nn.Module) -> nn.Module:
+        while isinstance(m, optimized):
+            m = m._orig_mod
+        if not needs(m):
+            return m
+        children = {k: (view(c) if c is not None else None) for k, c in m._modules.items()}
+        copy = object.__new__(type(m))
+        copy.__dict__.update(m.__dict__)
+        copy.__dict__["_modules"] = children
+        copy.__dict__.pop("_compiled_call_impl", None)
+        copy.__dict__.pop("forward", None)
+        return copy
+
+    return view(model)
+
+
+@contextlib.contextmanager
+def eager_stance() -> Iterator[None]:
+    """Run everything inside eagerly (``torch.compiler.set_stance("force_eager")``).
+
+    Code under ``torch.compile`` (a compiled function called inside ``forward``) then neither
+    compiles nor checks its guards; the training's compiled graphs stay as they are.
+    """
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is None:  # torch < 2.6
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
+
+
 def model_devices(model: nn.Module) -> list[torch.device]:
     """Return the distinct devices of ``model``'s parameters and buffers."""
     seen: dict[str, torch.device] = {}
@@ -100,7 +192,9 @@ def observe(
     Inside the window the model is in eval mode (optional), the global RNG streams are forked
     (CPU and the model's CUDA devices), parameters' ``requires_grad`` may be switched off so
     gradients flow to inputs only, and in-place activations can be made out-of-place (for
-    hook-based attribution methods). On exit — normal or by exception — every module's
+    hook-based attribution methods). Anything compiled with ``torch.compile`` runs eagerly
+    inside the window (:func:`eager_stance`; pass an :func:`eager` view to avoid the compiled
+    wrappers altogether). On exit — normal or by exception — every module's
     ``.training`` and ``inplace`` flag, every parameter's ``requires_grad`` and ``.grad``
     reference, and the RNG states are as before.
 
@@ -135,6 +229,7 @@ def observe(
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(torch.random.fork_rng(devices=cuda, enabled=True))
+        stack.enter_context(eager_stance())
         if grad:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())

@@ -10,12 +10,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from cnnviz.analysis.capture import LayerCapture
-from cnnviz.callbacks.base import Event, VizCallback, check_count
-from cnnviz.callbacks.probe import Probe, check_probe, resolve_probe
+from cnnviz.analysis.modelio import Spec
+from cnnviz.callbacks.base import Event, VizCallback, check_count, spread
+from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
+from cnnviz.callbacks.probe import check_probe_argument
 from cnnviz.figures.activations import activation_mosaic, activations_figure
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.loggers import log_figure, wants_figures
@@ -23,38 +24,25 @@ from cnnviz.loggers import log_figure, wants_figures
 __all__ = ["ActivationMaps"]
 
 
-def _check_probe_argument(probe: Any) -> None:
-    usage = "a tensor [N, ...] or a tuple (inputs [N, ...], labels [N])"
-    parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
-    if not 1 <= len(parts) <= 2 or not all(isinstance(p, torch.Tensor) for p in parts):
-        raise TypeError(f"ActivationMaps: `probe` must be {usage}")
-    x = parts[0]
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"ActivationMaps: `probe` must be {usage} with N >= 1; got inputs {tuple(x.shape)}"
-        )
-    if len(parts) == 2 and (parts[1].dim() != 1 or len(parts[1]) != len(x)):
-        raise ValueError(
-            f"ActivationMaps: `probe` labels must have shape ({len(x)},); "
-            f"got {tuple(parts[1].shape)}"
-        )
-
-
 class ActivationMaps(VizCallback):
     """Run a fixed probe batch through the model at each event and record every layer's maps.
 
     For each selected conv and pooling layer the store gets the channel maps of each probe
-    input (``maps``, float16, downsampled to ``max_size``), the channel indices, and per-channel
-    ``mean``, ``max``, ``min`` and ``zero_fraction`` over all channels. Conv layers followed by
-    an activation in the same ``nn.Sequential`` are read after it (what the unit fires).
-    The model's softmax outputs on the probe are recorded as ``predictions``.
+    input (``maps``, downsampled to ``max_size``), the channel indices, and per-channel
+    ``mean``, ``max``, ``min`` and ``zero_fraction`` over all channels. Conv layers are read
+    after the normalisation and activation that follow them (what the unit fires); the record
+    says which tensor was read. When the model's output holds class scores, their softmax on
+    the probe is recorded as ``predictions``.
 
-    The probe is the first ``num_probe`` validation samples (taken by index, no RNG drawn), or
-    the tensors passed as ``probe``. The forward runs in eval mode with the RNG forked; modes are
-    restored after.
+    The probe is the first ``num_probe`` validation samples (taken by index, no RNG drawn,
+    collated as the loader would: tuples and dicts are fine), or the batch passed as ``probe``.
+    The forward runs eagerly (also for a compiled model), in eval mode with the RNG forked; modes
+    are restored after. Needs: a model that runs on the probe (else it turns itself off with
+    one warning).
 
     Args:
-        probe: Inputs, or ``(inputs, labels)``; default: the first validation samples.
+        probe: A batch: a tensor, ``(inputs, labels)`` or a dict; default: the first
+            validation samples.
         num_probe: Probe size when taken from the data.
         layers: Layer names or glob patterns (default: every conv and pooling layer).
         module: Submodule to watch (default: the LightningModule).
@@ -69,14 +57,22 @@ class ActivationMaps(VizCallback):
         log_on_start: Also record before training.
         store_dir: Run store directory (default ``<log_dir>/cnnviz``).
         log_to_loggers: Send images/figures to the trainer's loggers.
+        probe_input: Where the input is in a batch (key, index or function; shared by all
+            cnnviz callbacks).
+        scores: Where the class scores are in the output (key, index or function; shared).
+        budget: Share of the fit's time cnnviz may take; at its default settings (16
+            channels, every layer) this callback keeps fewer channels and layers to stay
+            within its part. ``None``: no budget.
+        strict: Raise on failures instead of warning (tests).
     """
 
     layer_kind = "all"
+    needs = frozenset({"probe", "forward"})
 
     def __init__(
         self,
         *,
-        probe: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        probe: Any = None,
         num_probe: int = 8,
         layers: str | Sequence[str] | None = None,
         module: str | None = None,
@@ -89,6 +85,10 @@ class ActivationMaps(VizCallback):
         log_on_start: bool = True,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        scores: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -98,9 +98,13 @@ class ActivationMaps(VizCallback):
             log_on_start=log_on_start,
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
+            probe_input=probe_input,
+            scores=scores,
+            budget=budget,
+            strict=strict,
         )
         if probe is not None:
-            _check_probe_argument(probe)
+            check_probe_argument("ActivationMaps", probe)
         check_count("ActivationMaps", "num_probe", num_probe)
         check_count("ActivationMaps", "max_channels", max_channels, allow_none=True)
         if channel_select not in ("first", "strongest"):
@@ -115,7 +119,6 @@ class ActivationMaps(VizCallback):
         self.channel_select = channel_select
         self.max_size = max_size
         self.post_activation = post_activation
-        self._probe: Probe | None = None
         self._channels: dict[str, list[int]] = {}
 
     @override
@@ -131,72 +134,92 @@ class ActivationMaps(VizCallback):
         self._channels = {k: list(v) for k, v in state.get("channels", {}).items()}
 
     @override
-    def release(self) -> None:
-        self._probe = None
+    def plans(self, trainer: pl.Trainer, event: Event) -> list[Plan]:
+        """Fewer channels (when ``max_channels`` is at its default), then fewer layers."""
+        names = [i.name for i in self.selected]
+        channel_options = [self.max_channels]
+        if self.max_channels == _DEFAULT_CHANNELS and not self._channels:
+            channel_options += [8, 4]
+        layer_options = [names]
+        if self._auto_layers and len(names) > 2:
+            layer_options += [spread(names, max(2, len(names) // 2)), spread(names, 2)]
+        plans = []
+        for layers in layer_options:
+            for channels in channel_options:
+                cuts = []
+                if channels != self.max_channels:
+                    cuts.append(f"keeps {channels} of {self.max_channels} channels per layer")
+                if len(layers) < len(names):
+                    cuts.append(f"records {len(layers)} of {len(names)} layers")
+                width = channels or 64
+                units = self.num_probe * (1 + len(layers) * width / 64)
+                plans.append(Plan({"layers": layers, "channels": channels}, units, tuple(cuts)))
+        return plans
 
-    def _ensure_probe(self, trainer: pl.Trainer) -> Probe:
-        if self._probe is None:
-            probe = resolve_probe(trainer, self.probe, self.num_probe, "ActivationMaps")
-            check_probe(self.target, probe.x, "ActivationMaps")
-            self._probe = probe
-            self.record_probe(trainer, probe)
-        return self._probe
+    def _readouts(self, names: list[str], x: torch.Tensor) -> dict[str, Any] | None:
+        """Where each layer is read (found once by data flow: after its norm and activation)."""
+        if not self.post_activation or self.session is None or self.model_io is None:
+            return None
+        return self.session.readouts(self.target, names, self.model_io, self.probe_batch)
+
+    @override
+    def prior_seconds_per_unit(self) -> float | None:
+        assert self.session is not None
+        return self.session.unit_seconds.get("forward")
 
     @override
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
         if self.store is None:  # only global rank zero records; no collective is involved
             return
-        probe = self._ensure_probe(trainer)
-        device = self.module_device(self.target)
-        x = probe.x.to(device)
-        names = [i.name for i in self.selected]
+        probe = self.probe_batch
+        io = self.model_io
+        assert io is not None
+        self.record_probe(trainer, probe)
+        x = self.probe_inputs()
+        names = list(self.plan.settings.get("layers", [i.name for i in self.selected]))
+        max_channels = self.plan.settings.get("channels", self.max_channels)
         first_strongest = self.channel_select == "strongest" and not self._channels
         cap = LayerCapture(
             self.target,
             names,
             channels=None if first_strongest else self._channels,
-            max_channels=None if first_strongest else self.max_channels,
+            max_channels=None if first_strongest else max_channels,
             max_size=self.max_size,
             post_activation=self.post_activation,
+            readouts=self._readouts(names, x),
         )
-        try:
-            with cap:
-                logits = self.target(x)
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(
-                f"ActivationMaps: the probe batch of shape {tuple(x.shape)} does not fit the "
-                f"model: {err}"
-            ) from err
-        out = logits[0] if isinstance(logits, (tuple, list)) else logits
-        probs = torch.softmax(out.detach().float().flatten(1), dim=1).cpu().numpy()
-        self.write("predictions", {"probs": probs}, event, meta={"class_names": probe.class_names})
+        with cap:
+            out = io.forward(self.target, probe.batch, x)
+        if io.has_scores:
+            scores = io.scores_of(out).detach().float()
+            probs = torch.softmax(scores, dim=1).cpu().numpy()
+            self.write(
+                "predictions", {"probs": probs}, event, meta={"class_names": probe.class_names}
+            )
         figures = self.log_to_loggers and wants_figures(trainer.loggers)
         for name in names:
             r = cap.results.get(name)
             if r is None:
-                rank_zero_warn(f"ActivationMaps: layer {name} was not called by the forward pass")
+                self.warn_once(f"call:{name}", f"layer {name} was not called by the forward pass")
                 continue
             channels = r.channels.tolist()
             maps = r.maps
             if first_strongest:
-                k = (
-                    len(channels)
-                    if self.max_channels is None
-                    else min(self.max_channels, len(channels))
-                )
+                k = len(channels) if max_channels is None else min(max_channels, len(channels))
                 channels = sorted(torch.argsort(r.mean, descending=True)[:k].tolist())
                 maps = r.maps[:, channels]
             self._channels.setdefault(name, channels)
             if r.nonfinite:
-                rank_zero_warn(
-                    f"ActivationMaps: {name} produced {r.nonfinite} NaN/Inf values at "
-                    f"{event.label}; they are drawn blank"
+                self.warn_once(
+                    f"nan:{name}",
+                    f"{name} produced {r.nonfinite} NaN/Inf values at {event.label}; they are "
+                    "drawn blank",
                 )
             maps_np = maps.float().numpy()
             self.write(
                 "activations",
                 {
-                    "maps": maps_np.astype(np.float16),
+                    "maps": maps_np,
                     "channels": np.asarray(channels),
                     "mean": r.mean.numpy(),
                     "max": r.max.numpy(),
@@ -230,6 +253,8 @@ class ActivationMaps(VizCallback):
                     ),
                 )
 
+
+_DEFAULT_CHANNELS = 16
 
 #: Probe inputs whose maps go to image loggers (TensorBoard); the store and report have all.
 LOGGER_PROBE_IMAGES = 2

@@ -9,15 +9,25 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from cnnviz.callbacks.base import Event, VizCallback
-from cnnviz.callbacks.probe import Probe, check_probe, resolve_probe
+from cnnviz.analysis.modelio import ModelIO, Spec
+from cnnviz.callbacks.base import Event, VizCallback, guarded
+from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
+from cnnviz.callbacks.probe import Probe, check_probe_argument
 
 __all__ = ["Attributions"]
 
 DEFAULT_METHODS = ("saliency", "integrated_gradients", "smoothgrad", "guided_backprop", "grad_cam")
+DEFAULT_PROBE = 8
+# Model evaluations per input of each method at its defaults (what an event costs).
+_EXPANSION = {
+    "integrated_gradients": ("n_steps", 50),
+    "smoothgrad": ("nt_samples", 16),
+    "gradient_shap": ("n_samples", 16),
+    "occlusion": (None, 49),
+    "deeplift": (None, 2),
+}
 
 
 class Attributions(VizCallback):
@@ -50,15 +60,30 @@ class Attributions(VizCallback):
             can be told apart in the report.
         store_dir: Run store directory (default ``<log_dir>/cnnviz``).
         log_to_loggers: Send overlays to the trainer's loggers.
+        probe_input: Where the input is in a batch (key, index or function; shared by all
+            cnnviz callbacks).
+        scores: Where the class scores are in the output (key, index or function; shared).
+        budget: Share of the fit's time cnnviz may take; at the default ``methods`` and
+            ``num_probe`` this callback drops the costliest methods and explains fewer probe
+            images to stay within its part. ``None``: no budget.
+        strict: Raise on failures instead of warning (tests).
+
+    Needs class scores in the model's output (found automatically or through ``scores=``);
+    without them it turns itself off with one warning. Token-id inputs (sentence CNNs) are
+    explained per token through the embedding layer.
     """
+
+    layer_kind = "none"
+    needs = frozenset({"probe", "forward", "scores"})
+    budget_weight = 2.0
 
     def __init__(
         self,
         *,
         methods: Sequence[str] = DEFAULT_METHODS,
         target: str | int = "pred",
-        probe: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-        num_probe: int = 8,
+        probe: Any = None,
+        num_probe: int = DEFAULT_PROBE,
         layer: str | None = None,
         check_method: str | None = "grad_cam",
         method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -69,6 +94,10 @@ class Attributions(VizCallback):
         log_on_start: bool = True,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        scores: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         super().__init__(
             layers=None,
@@ -78,7 +107,13 @@ class Attributions(VizCallback):
             log_on_start=log_on_start,
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
+            probe_input=probe_input,
+            scores=scores,
+            budget=budget,
+            strict=strict,
         )
+        if probe is not None:
+            check_probe_argument("Attributions", probe)
         from cnnviz.analysis.attribution import available_methods
 
         valid = available_methods()
@@ -120,7 +155,6 @@ class Attributions(VizCallback):
         self.check_method = check_method
         self.method_kwargs = {k: dict(v) for k, v in (method_kwargs or {}).items()}
         self.memory_budget_mb = memory_budget_mb
-        self._probe: Probe | None = None
 
     @override
     def _state_fields(self) -> dict[str, Any]:
@@ -134,28 +168,80 @@ class Attributions(VizCallback):
             resolve_module(self.target, self.layer, argument="layer")
 
     @override
-    def release(self) -> None:
-        self._probe = None
+    def check_model(self, io: ModelIO, probe: Probe) -> str | None:
+        problem = super().check_model(io, probe)
+        if problem:
+            return problem
+        if self.target_kind == "label" and probe.y is None:
+            return "`target='label'` needs labels in the probe batch; pass `probe=(inputs, labels)`"
+        if io.input_kind == "other":
+            return (
+                f"it explains image, sequence or token inputs; the model's input has shape "
+                f"{tuple(probe.x.shape)}"
+            )
+        return None
 
-    def _ensure_probe(self, trainer: pl.Trainer) -> Probe:
-        if self._probe is None:
-            probe = resolve_probe(trainer, self.probe, self.num_probe, "Attributions")
-            check_probe(self.target, probe.x, "Attributions")
-            if self.target_kind == "label" and probe.y is None:
-                raise ValueError(
-                    "Attributions: `target='label'` needs labels; pass `probe=(inputs, labels)`"
-                )
-            self._probe = probe
-            self.record_probe(trainer, probe)
-        return self._probe
+    def _cost(self, methods: Sequence[str]) -> int:
+        total = 0
+        for method in methods:
+            key, default = _EXPANSION.get(method, (None, 1))
+            kwargs = self.method_kwargs.get(method, {})
+            total += int(kwargs.get(key, default)) if key else default
+        return total
 
-    def _kwargs(self, probe: Probe) -> dict[str, Any]:
-        kw: dict[str, Any] = {"target": self.target_kind, "memory_budget_mb": self.memory_budget_mb}
+    @override
+    def plans(self, trainer: pl.Trainer, event: Event) -> list[Plan]:
+        """Drop the costliest default methods first, then explain fewer probe images."""
+        n = len(self.probe_batch.x)
+        method_options = [list(self.methods)]
+        if tuple(self.methods) == DEFAULT_METHODS:
+            by_cost = sorted(self.methods, key=lambda m: -self._cost([m]))
+            kept = list(self.methods)
+            for method in by_cost[:-1]:
+                kept = [m for m in kept if m != method]
+                method_options.append(kept)
+        image_options = [n]
+        if self.num_probe == DEFAULT_PROBE:
+            image_options += [k for k in (4, 2) if k < n]
+        plans = []
+        for count in image_options:
+            for methods in method_options:
+                cuts = []
+                dropped = [m for m in self.methods if m not in methods]
+                if dropped:
+                    cuts.append(f"runs {', '.join(methods)} (drops {', '.join(dropped)})")
+                if count < n:
+                    cuts.append(f"explains {count} of {n} probe images")
+                units = count * (self._cost(methods) + 1)
+                plans.append(Plan({"methods": methods, "images": count}, units, tuple(cuts)))
+        plans.sort(key=lambda p: -p.units)
+        return plans
+
+    @override
+    def prior_seconds_per_unit(self) -> float | None:
+        assert self.session is not None
+        return self.session.unit_seconds.get("backward")
+
+    def _inputs(self, count: int | None = None) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+        """The probe inputs, the forward function and the keyword arguments of ``attribute``."""
+        probe = self.probe_batch
+        io = self.model_io
+        assert io is not None
+        x = self.probe_inputs()
+        kw: dict[str, Any] = {"target": self.target_kind}
         if probe.y is not None:
             kw["labels"] = probe.y
         if self.layer is not None:
             kw["layer"] = self.layer
-        return kw
+        batch = probe.batch
+        if count is not None and count < len(x):
+            x, batch = x[:count], _slice_batch(batch, count)
+            if "labels" in kw:
+                kw["labels"] = kw["labels"][:count]
+        forward = io.scores_fn(self.target, batch)
+        if forward is not None:
+            kw["forward"] = forward
+        return x, forward, kw
 
     @override
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
@@ -164,21 +250,25 @@ class Attributions(VizCallback):
         from cnnviz.analysis.attribution import AttributionUnavailable, attribute
         from cnnviz.analysis.sanity import mask_share
 
-        probe = self._ensure_probe(trainer)
-        x = probe.x.to(self.module_device(self.target))
+        probe = self.probe_batch
+        self.record_probe(trainer, probe)
+        methods = list(self.plan.settings.get("methods", self.methods))
+        count = int(self.plan.settings.get("images", len(probe.x)))
+        x, _, common = self._inputs(count)
         maps: dict[str, np.ndarray] = {}
         notes: dict[str, str] = {}
         unavailable: dict[str, str] = {}
         shares: dict[str, list[float]] = {}
         targets: list[int] | None = None
         layers: dict[str, str] = {}
-        for method in self.methods:
+        for method in methods:
             try:
                 result = attribute(
                     self.target,
                     x,
                     method,
-                    **self._kwargs(probe),
+                    **common,
+                    memory_budget_mb=self.memory_budget_mb,
                     **self.method_kwargs.get(method, {}),
                 )
             except AttributionUnavailable as err:
@@ -194,10 +284,10 @@ class Attributions(VizCallback):
             if result.layer is not None:
                 layers[method] = result.layer
             if probe.masks is not None and a.dim() == 4:
-                inside, area = mask_share(a, probe.masks)
+                inside, area = mask_share(a, probe.masks[: len(a)])
                 shares[method] = [float(inside.mean()), float(area.mean())]
-        if unavailable and self.events <= 1:
-            rank_zero_warn(f"Attributions: not available on this model: {unavailable}")
+        if unavailable:
+            self.warn_once("unavailable", f"not available on this model: {unavailable}")
         self.write(
             "attributions",
             maps,
@@ -215,20 +305,36 @@ class Attributions(VizCallback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
-            self._randomisation_check(trainer)
+            if self.session is not None:
+                with self.session.budget.charge(self.state_key):
+                    self._randomisation_check(trainer)
         finally:
             super().on_train_end(trainer, pl_module)
 
+    @guarded
     def _randomisation_check(self, trainer: pl.Trainer) -> None:
-        if self.store is None or self.check_method is None:
+        if self.store is None or self.check_method is None or self.model_io is None:
             return
         from cnnviz.analysis.attribution import AttributionUnavailable
         from cnnviz.analysis.sanity import model_randomisation_check
 
-        probe = self._ensure_probe(trainer)
-        x = probe.x.to(self.module_device(self.target))
-        kwargs = self._kwargs(probe)
-        kwargs.pop("memory_budget_mb")
+        assert self.session is not None
+        budget = self.session.budget
+        if self.budget is not None and self.events:
+            # the check re-runs the method once per randomised layer: is there time left?
+            left = budget.allowance(self.state_key, steps_done=trainer.global_step, events_left=1)
+            per_event = self.cost.estimate(
+                len(self.probe_batch.x) * self._cost([self.check_method])
+            )
+            layers = sum(
+                1 for m in self.target.modules() if next(m.parameters(False), None) is not None
+            )
+            if left is not None and per_event is not None and per_event * layers > left:
+                self.note_cut(
+                    "skips the end-of-fit randomisation check (no time left in its share)"
+                )
+                return
+        x, _, kwargs = self._inputs()
         try:
             result = model_randomisation_check(
                 self.target,
@@ -238,7 +344,7 @@ class Attributions(VizCallback):
                 **self.method_kwargs.get(self.check_method, {}),
             )
         except AttributionUnavailable as err:
-            rank_zero_warn(f"Attributions: randomisation check skipped: {err}")
+            self.warn_once("randomisation", f"randomisation check skipped: {err}")
             return
         # After training, current_epoch counts the finished epochs: label it as the last one.
         event = Event("epoch", max(trainer.current_epoch - 1, 0), trainer.global_step)
@@ -255,3 +361,16 @@ class Attributions(VizCallback):
                 }
             },
         )
+
+
+def _slice_batch(value: Any, count: int) -> Any:
+    """The batch of the first ``count`` samples (per-sample tensors sliced)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) >= count:
+        return value[:count]
+    if isinstance(value, dict):
+        return {k: _slice_batch(v, count) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_slice_batch(v, count) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_slice_batch(v, count) for v in value)
+    return value

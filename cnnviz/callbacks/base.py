@@ -1,66 +1,57 @@
-"""What every cnnviz callback shares: cadence, layer selection, the run store, rank zero, state.
+"""What every cnnviz callback shares: cadence, layer selection, safety, the budget, state.
 
 Subclasses implement :meth:`VizCallback.log_event`, which the base calls at each logging event
 (before training starts, every ``every_n_epochs`` epochs or every ``every_n_steps`` steps). Between
 events the hooks below cost an integer comparison.
+
+Never take the user's training down: in ``on_train_start`` each callback checks what it needs
+from the model (a tensor forward, class scores, image inputs...) and turns itself off with one
+warning naming the reason and the fix when that does not hold; a failure inside an event is a
+warning and an ``error`` record (an error card in the report), and after three failures in a row
+the callback turns itself off. Only clear misconfiguration (an unknown layer name, a bad
+argument) raises — or everything, with ``strict=True`` (or the environment variable
+``CNNVIZ_STRICT=1``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from cnnviz.analysis.layers import LayerInfo, LayerKind, resolve_module, select_layers
+from cnnviz._checks import check_count, check_flag, check_number
+from cnnviz.analysis.guard import eager
+from cnnviz.analysis.layers import LayerInfo, list_layers, resolve_module, select_layers
+from cnnviz.analysis.modelio import (
+    ModelIO,
+    ModelIOError,
+    Spec,
+    cast_input,
+    model_device,
+    scoped,
+)
+from cnnviz.callbacks.budget import DEFAULT_SHARE, CostModel, Plan
 from cnnviz.callbacks.probe import Probe
+from cnnviz.callbacks.session import RunSession, default_store_dir, session_for
 from cnnviz.store import RunStore
 
-__all__ = ["Event", "VizCallback", "check_count", "store_for"]
+__all__ = ["DEEP", "Event", "VizCallback", "check_count", "guarded", "spread"]
 
-_STORES: dict[str, RunStore] = {}
-_METRICS_WRITTEN: dict[str, tuple[int, int]] = {}  # store root -> (epoch, step) last written
+#: A model with more layers of a callback's kind than this gets its stage outputs by default.
+DEEP = 12
+#: Failures in a row after which a callback turns itself off.
+MAX_FAILURES = 3
 
-
-def store_for(root: str | os.PathLike[str]) -> RunStore:
-    """The shared :class:`RunStore` of ``root`` (one instance per directory and process)."""
-    key = str(Path(root).resolve())
-    if key not in _STORES:
-        _STORES[key] = RunStore(key)
-    return _STORES[key]
-
-
-def default_store_dir(trainer: pl.Trainer) -> str:
-    """``<trainer.log_dir>/cnnviz``, or ``<default_root_dir>/cnnviz`` without a logger.
-
-    ``trainer.log_dir`` may broadcast under DDP, so this must be called on every rank.
-    """
-    log_dir = trainer.log_dir or trainer.default_root_dir
-    return os.path.join(log_dir, "cnnviz")
-
-
-def check_count(owner: str, argument: str, value: Any, *, allow_none: bool = False) -> None:
-    """Raise unless ``value`` is a positive int (or ``None`` when ``allow_none``).
-
-    Raises:
-        TypeError: For a value that is not an int (``bool`` included).
-        ValueError: For an int below 1.
-    """
-    if value is None and allow_none:
-        return
-    expected = "a positive int or None" if allow_none else "a positive int"
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{owner}: `{argument}` must be {expected}; got {value!r}")
-    if value < 1:
-        raise ValueError(f"{owner}: `{argument}` must be {expected}; got {value!r}")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Event:
@@ -79,27 +70,110 @@ class Event:
         return {"event": self.tag, "label": self.label}
 
 
+def spread(items: Sequence[Any], count: int) -> list[Any]:
+    """Up to ``count`` evenly spaced items, always including the first and the last."""
+    if len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[-1]]
+    picks = {round(i * (len(items) - 1) / (count - 1)) for i in range(count)}
+    return [items[i] for i in sorted(picks)]
+
+
+def _budget_default(budget: float | None) -> float | None:
+    """``budget``, or the environment variable ``CNNVIZ_BUDGET`` when ``budget`` is the default.
+
+    ``CNNVIZ_BUDGET=off`` (or ``none``/``0``) turns the default budget off; a number sets the
+    default share.
+    """
+    env = os.environ.get("CNNVIZ_BUDGET", "").strip().lower()
+    if budget != DEFAULT_SHARE or not env:
+        return budget
+    if env in ("off", "none", "0", "false"):
+        return None
+    try:
+        share = float(env)
+    except ValueError:
+        return budget
+    return share if 0 < share < 1 else budget
+
+
+def _same_kind(cut: str, earlier: Sequence[str]) -> bool:
+    """Whether ``cut`` repeats an earlier note but for its "(first: ...)" label."""
+    stem = cut.split(" (first: ")[0]
+    return " (first: " in cut and any(e.split(" (first: ")[0] == stem for e in earlier)
+
+
+def _now(trainer: pl.Trainer | None) -> Event:
+    """The trainer's position as an event (for records outside the callbacks' own events)."""
+    if trainer is None or trainer.global_step == 0:
+        return Event("start", 0 if trainer is None else trainer.current_epoch, 0)
+    return Event("step", trainer.current_epoch, trainer.global_step)
+
+
+def _strict_default() -> bool:
+    return os.environ.get("CNNVIZ_STRICT", "0") not in ("", "0", "false", "False")
+
+
+def guarded(fn: F) -> F:
+    """Run a Lightning hook of a cnnviz callback so that it never takes the fit down.
+
+    The hook is skipped while the callback is off; an exception becomes a warning and an
+    ``error`` record (or is raised with ``strict=True``).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(self: VizCallback, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> Any:
+        if self.disabled is not None:
+            return None
+        try:
+            return fn(self, trainer, *args, **kwargs)
+        except Exception as err:
+            self.failed(trainer, err, where=fn.__name__)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class VizCallback(Callback):
     """Base of the cnnviz callbacks.
 
     Args:
         layers: Layer names or glob patterns to watch (``None``: every layer of the callback's
-            kind). Resolved in ``setup``; an unknown name raises ``ValueError`` listing the valid
-            ones.
+            kind — the stage outputs for a network with more than 12 such layers). Resolved in
+            ``setup``; an unknown name raises ``ValueError`` listing the valid ones.
         module: Submodule of the LightningModule to watch, by qualified name (``"net"``), or
             ``None`` for the LightningModule itself.
         every_n_epochs: Log at the end of every n-th training epoch (``None`` or 0: never).
         every_n_steps: Log every n optimizer steps (``None`` or 0: never).
-        log_at_end: Also log once when training ends, unless an event just happened at that
-            step (``FeatureVisualization`` logs only then by default).
         log_on_start: Also log once before training starts, so the history starts at the
             initial weights.
+        log_at_end: Also log once when training ends, unless an event just happened at that
+            step (``FeatureVisualization`` logs only then by default).
         store_dir: Where the run store lives; default ``<trainer.log_dir>/cnnviz``.
         log_to_loggers: Also send figures/images to the trainer's loggers.
+        probe_input: Where the model input is in a batch: a dict key (``"image"``), an index,
+            or a function of the batch. ``None``: found automatically. Shared by all cnnviz
+            callbacks of the trainer (set it on any one).
+        scores: Where the class scores are in the model's output: a key (``"logits"``), an
+            index, or a function of the output. ``None``: found automatically. Shared too.
+        budget: The share of the fit's wall time that cnnviz as a whole may take (default
+            0.1); the callback then cuts what it does at its default settings to stay within
+            its part, and says what it cut. ``None``: no budget — everything, whatever it costs.
+            Settings at other values than their defaults are never cut. The environment
+            variable ``CNNVIZ_BUDGET`` (a share, or ``off``) changes the default.
+        strict: Raise on any failure instead of warning and going on (default ``False``, or
+            the environment variable ``CNNVIZ_STRICT=1``).
     """
 
-    #: Which layers the callback watches by default: "conv", "pool" or "all".
-    layer_kind: LayerKind = "all"
+    #: Which layers the callback watches by default: "conv", "pool", "all" or "none".
+    layer_kind: ClassVar[str] = "all"
+    #: This callback's part of the shared budget, relative to the others'.
+    budget_weight: ClassVar[float] = 1.0
+    #: What the callback needs from the model: "probe" (a probe batch), "forward" (to run the
+    #: model on it), "scores" (class scores in the output), "float_input" (an input that can be
+    #: perturbed or optimised), "image" (inputs [N, C, H, W]).
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -112,6 +186,10 @@ class VizCallback(Callback):
         log_at_end: bool = False,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        scores: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         name = type(self).__name__
         for arg, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
@@ -128,6 +206,19 @@ class VizCallback(Callback):
             raise TypeError(f"{name}: `layers` must be a name, a pattern or a list of them")
         if module is not None and not isinstance(module, str):
             raise TypeError(f"{name}: `module` must be a submodule name (str) or None")
+        for arg, spec in (("probe_input", probe_input), ("scores", scores)):
+            if spec is not None and not (
+                callable(spec) or isinstance(spec, str) or type(spec) is int
+            ):
+                raise TypeError(
+                    f"{name}: `{arg}` must be a key (str), an index (int), a function or None; "
+                    f"got {spec!r}"
+                )
+        check_number(name, "budget", budget, low=0, high=1, low_open=True, allow_none=True)
+        if budget is not None and budget >= 1:
+            raise ValueError(f"{name}: `budget` must be a share of the fit's time in (0, 1)")
+        if strict is not None:
+            check_flag(name, "strict", strict)
         self.layers = layers
         self.module = module
         self.every_n_epochs = every_n_epochs or 0
@@ -136,13 +227,30 @@ class VizCallback(Callback):
         self.log_at_end = log_at_end
         self.store_dir = None if store_dir is None else str(store_dir)
         self.log_to_loggers = log_to_loggers
+        self.probe_input = probe_input
+        self.scores = scores
+        budget = _budget_default(budget)
+        self.budget = None if budget is None else float(budget)
+        self.strict = _strict_default() if strict is None else strict
         self.selected: list[LayerInfo] = []
         self.store: RunStore | None = None
+        self.session: RunSession | None = None
+        self.disabled: str | None = None
         self.events = 0
+        self.plan: Plan = Plan({}, 1.0)
+        self.cost = CostModel()
+        self.model_io: ModelIO | None = None
+        self._probe: Probe | None = None
         self._last_step = -1
         self._resumed_store: str | None = None
+        self._resumed_run: str | None = None
         self._target: nn.Module | None = None
         self._state_key: str | None = None
+        self._failures = 0
+        self._warned: set[str] = set()
+        self._said_cuts: tuple[str, ...] = ()
+        self._auto_layers = False
+        self._resumed = False
 
     # -- identity and state ----------------------------------------------------------------------
     def _state_fields(self) -> dict[str, Any]:
@@ -163,6 +271,7 @@ class VizCallback(Callback):
             "events": self.events,
             "last_step": self._last_step,
             "store_dir": None if self.store is None else str(self.store.root),
+            "run": None if self.session is None else self.session.run_id,
             **self.extra_state(),
         }
 
@@ -171,17 +280,11 @@ class VizCallback(Callback):
         self.events = int(state_dict.get("events", 0))
         self._last_step = int(state_dict.get("last_step", -1))
         self._resumed_store = state_dict.get("store_dir")
+        self._resumed_run = state_dict.get("run")
         self.load_extra_state(state_dict)
-        # Lightning restores callback state *after* ``setup``: a resumed run continues the
-        # history of the store named in the checkpoint (when it still exists), not a new one
-        # under the new run's log_dir. Run facts are written at train start, after this.
-        resumed = self._usable_resumed_store()
-        if self.store is not None and self.store_dir is None and resumed is not None:
-            self.store = store_for(resumed)
-
-    def _usable_resumed_store(self) -> str | None:
-        root = self._resumed_store
-        return root if root is not None and os.path.isdir(root) else None
+        # Lightning restores callback state *after* ``setup``; at train start the session
+        # continues the checkpoint's history (copied into this fit's store when it differs).
+        self._resumed = True
 
     def extra_state(self) -> dict[str, Any]:
         """Subclass state to checkpoint (plain values)."""
@@ -193,7 +296,7 @@ class VizCallback(Callback):
     # -- set-up ---------------------------------------------------------------------------------
     @property
     def target(self) -> nn.Module:
-        """The module being watched (valid after ``setup``)."""
+        """The module being watched (valid after ``setup``); an eager view if it is compiled."""
         if self._target is None:
             raise RuntimeError(f"{type(self).__name__} is used before `setup` ran")
         return self._target
@@ -202,36 +305,155 @@ class VizCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._target = resolve_module(pl_module, self.module, argument="module")
-        self.selected = select_layers(
-            self._target, self.layers, self.layer_kind, owner=type(self).__name__
-        )
+        self.session = session_for(trainer)
+        self.disabled = None
+        self._failures = 0
+        # Compiled parts are seen through an eager view; a watched submodule keeps its full
+        # name ("backbone.0"), as in the user's LightningModule.
+        inner = eager(resolve_module(eager(pl_module), self.module, argument="module"))
+        self._target = scoped(inner, self.module)
+        self.session.register(self)
+        if self.layers is None and self.layer_kind != "none":
+            kind = {"conv": "conv", "pool": "pooling", "all": "conv or pooling"}[self.layer_kind]
+            found = list_layers(self._target, self.layer_kind)  # type: ignore[arg-type]
+            if not found:
+                self.disable(
+                    trainer,
+                    f"the model ({type(self._target).__name__}) has no {kind} layer "
+                    "(cnnviz watches nn.Conv1d/nn.Conv2d and pooling layers); pass `module=` "
+                    "for the submodule that has them",
+                )
+            self.selected = found
+            self._auto_layers = True
+        elif self.layer_kind != "none":
+            self.selected = select_layers(
+                self._target,
+                self._qualified(self.layers),
+                self.layer_kind,  # type: ignore[arg-type]
+                owner=type(self).__name__,
+            )
         # Every rank reads trainer.log_dir (it may broadcast), whatever the local file system says.
         default = default_store_dir(trainer) if self.store_dir is None else None
-        root = self.store_dir or self._usable_resumed_store() or default
-        self.store = store_for(root) if trainer.is_global_zero else None
-        self.on_setup(trainer, pl_module)
+        root = self.store_dir or default
+        self.store = self.session.store(root, write=True) if trainer.is_global_zero else None
+        if self.disabled is None:
+            self.on_setup(trainer, pl_module)
+
+    def _qualified(self, layers: str | Sequence[str]) -> str | list[str]:
+        """Names as given, or prefixed with ``module.`` when only that matches (``"0"``)."""
+        if not self.module:
+            return layers if isinstance(layers, str) else list(layers)
+        import fnmatch
+
+        names = [n for n, _ in self.target.named_modules()]
+        out = []
+        for pattern in [layers] if isinstance(layers, str) else list(layers):
+            hits = fnmatch.filter(names, pattern) or [n for n in names if n == pattern]
+            out.append(pattern if hits else f"{self.module}.{pattern}")
+        return out
 
     def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Subclass hook after layers and store are resolved."""
 
-    def _record_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write the run-level facts (at train start: after a checkpoint's state is loaded)."""
-        if self.store is not None:
-            from cnnviz.analysis.layers import list_layers
+    def disable(self, trainer: pl.Trainer | None, reason: str) -> None:
+        """Turn the callback off for the rest of the fit, with one warning naming ``reason``.
 
-            dm = getattr(trainer, "datamodule", None)
-            self.store.update_run(
-                status="running",
-                model=getattr(pl_module, "model_name", type(self._target).__name__),
-                module=type(pl_module).__name__,
-                data=None if dm is None else type(dm).__name__,
-                class_names=getattr(dm, "class_names", None),
-                input_shape=getattr(self._target, "expected_input_shape", None),
-                num_parameters=sum(p.numel() for p in self._target.parameters()),
-                layers=[info.describe() for info in list_layers(self._target)],
-                max_epochs=trainer.max_epochs,
+        Raises:
+            ValueError: With ``strict=True``, instead of turning off.
+        """
+        name = type(self).__name__
+        if self.strict:
+            raise ValueError(f"{name}: {reason}")
+        if self.disabled is None:
+            self.disabled = reason
+            rank_zero_warn(f"cnnviz: {name} is off for this fit: {reason}")
+            self.release()
+            if self.store is not None:
+                where = _now(trainer)
+                self._write_error(where.label, where, "Disabled", f"turned off: {reason}")
+
+    # -- what the model needs -------------------------------------------------------------------
+    def prepare(self, trainer: pl.Trainer) -> None:
+        """Resolve the probe and how to call the model, and check this callback's needs.
+
+        Called once at train start, when the data loaders exist and the model has its final
+        device and precision. Turns the callback off (one warning) when the model lacks what
+        it needs. A deep network's default layers become its stage outputs here.
+        """
+        if self.disabled is not None or self.model_io is not None:
+            return
+        deep = self._auto_layers and len(self.selected) > DEEP
+        if not self.needs and not deep:
+            return
+        assert self.session is not None
+        try:
+            probe = self.session.probe(
+                trainer, getattr(self, "probe", None), getattr(self, "num_probe", 8), self.name
             )
+            io = self.session.io(self.target, probe)
+        except (ModelIOError, ValueError) as err:
+            if self.needs:
+                self.disable(trainer, str(err))
+            else:  # layers only: spread them evenly without a forward pass
+                before = len(self.selected)
+                self.selected = spread(self.selected, 8)
+                self.note_cut(f"watches {len(self.selected)} of {before} layers (evenly spaced)")
+            return
+        self._probe, self.model_io = probe, io
+        problem = self.check_model(io, probe) if self.needs else None
+        if problem:
+            self.disable(trainer, problem)
+            return
+        self.session.calibrate(trainer, self.target, probe, io)
+        if deep:
+            self._stage_defaults(probe)
+
+    def check_model(self, io: ModelIO, probe: Probe) -> str | None:
+        """Why this callback cannot run on the model, or ``None`` (subclasses extend)."""
+        if "scores" in self.needs and not io.has_scores:
+            return str(io.scores_problem)
+        if "image" in self.needs and io.input_kind != "image":
+            return (
+                f"it needs image inputs [N, C, H, W]; the model's input is "
+                f"{io.input_kind} {tuple(probe.x.shape)}"
+            )
+        if "float_input" in self.needs and io.input_kind == "tokens":
+            return "it optimises or perturbs the input, and this model's input is token ids"
+        return None
+
+    def _stage_defaults(self, probe: Probe) -> None:
+        """Default layers of a deep network: its stage outputs (and the first conv)."""
+        from cnnviz.analysis.stages import layer_shapes, stage_layers
+
+        assert self.model_io is not None
+        io, target = self.model_io, self.target
+        x = cast_input(probe.x, target)
+        names = [i.name for i in self.selected]
+        shapes = layer_shapes(target, names, lambda: io.forward(target, probe.batch, x))
+        convs = [i.name for i in self.selected if i.kind == "conv"]
+        keep = set(stage_layers(names, shapes, first=convs[0] if convs else None))
+        before = len(self.selected)
+        self.selected = [i for i in self.selected if i.name in keep]
+        self.note_cut(
+            f"watches {len(self.selected)} of {before} layers (the stage outputs of a deep "
+            "network); pass `layers=` to choose others"
+        )
+
+    @property
+    def name(self) -> str:
+        """The callback's class name."""
+        return type(self).__name__
+
+    @property
+    def probe_batch(self) -> Probe:
+        """The probe (valid after ``prepare``)."""
+        if self._probe is None:
+            raise RuntimeError(f"{self.name}: the probe is used before train start")
+        return self._probe
+
+    def probe_inputs(self) -> torch.Tensor:
+        """The probe input on the model's device, in its dtype and memory format."""
+        return cast_input(self.probe_batch.x, self.target)
 
     # -- cadence --------------------------------------------------------------------------------
     def step_due(self, trainer: pl.Trainer) -> bool:
@@ -242,9 +464,36 @@ class VizCallback(Callback):
         """Whether the current epoch ends with an epoch event."""
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
+    def events_left(self, trainer: pl.Trainer, event: Event) -> int:
+        """How many events this callback still expects, the one at hand included."""
+        count = 1 if event.tag == "start" else 0
+        max_epochs = trainer.max_epochs
+        if self.every_n_epochs and max_epochs is not None and max_epochs > 0:
+            first = trainer.current_epoch
+            count += sum(1 for e in range(first, max_epochs) if (e + 1) % self.every_n_epochs == 0)
+        if self.every_n_steps and self.session is not None:
+            total = self.session.total_steps(trainer)
+            if total is not None:
+                count += max(0, total - trainer.global_step) // self.every_n_steps + 1
+        if self.log_at_end:
+            count += 1
+        return max(1, count)
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record_run(trainer, pl_module)
+        if self.session is None or self.disabled is not None:
+            return
+        with self.session.budget.charge("setup"):
+            try:
+                self.prepare(trainer)
+            except Exception as err:  # never take the fit down for a property of the model
+                self.failed(trainer, err, where="on_train_start")
+        self.session.budget.start(self.session.total_steps(trainer))
+        if self.store is not None:
+            if self._resumed:
+                self.session.resume(trainer, self._resumed_store, self._resumed_run)
+            self.session.record_run(trainer, pl_module, self)
+            self.session.start_heartbeat()
         if self.log_on_start and self.events == 0 and trainer.global_step == 0:
             self._fire(trainer, pl_module, Event("start", trainer.current_epoch, 0))
 
@@ -263,46 +512,163 @@ class VizCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write_metrics(trainer)
+        if self.session is not None:
+            self.session.write_metrics(trainer, self)
         # A step event at this very step already recorded this state (and took its gradients).
         if self.epoch_due(trainer) and trainer.global_step != self._last_step:
             self._fire(
                 trainer, pl_module, Event("epoch", trainer.current_epoch, trainer.global_step)
             )
 
-    def _write_metrics(self, trainer: pl.Trainer) -> None:
-        """Record the epoch's logged metrics once per store (whichever callback comes first)."""
-        if self.store is None:
-            return
-        key = str(self.store.root)
-        mark = (trainer.current_epoch, trainer.global_step)
-        if _METRICS_WRITTEN.get(key) == mark:
-            return
-        _METRICS_WRITTEN[key] = mark
-        values = {}
-        for name, value in trainer.callback_metrics.items():
-            if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(
-                value, (int, float)
-            ):
-                values[name] = float(value)
-        event = Event("epoch", trainer.current_epoch, trainer.global_step)
-        self.store.write_async(
-            "metrics",
-            None,
-            source="cnnviz",
-            epoch=event.epoch,
-            step=event.step,
-            meta={**event.meta(), "values": values},
+    # -- one event -----------------------------------------------------------------------------
+    def plans(self, trainer: pl.Trainer, event: Event) -> list[Plan]:
+        """Ways to do this event's work, from everything (first) to the least (last).
+
+        The base offers one plan; subclasses offer cheaper ones along the knobs their user
+        left at the defaults.
+        """
+        return [Plan({}, 1.0)]
+
+    def prior_seconds_per_unit(self) -> float | None:
+        """Seconds per work unit before the first event is measured (subclasses)."""
+        return None
+
+    def _choose(self, trainer: pl.Trainer, event: Event) -> Plan | None:
+        plans = self.plans(trainer, event)
+        if self.budget is None or self.session is None:
+            return plans[0]
+        if self.cost.prior is None:
+            self.cost.prior = self.prior_seconds_per_unit()
+        self.session.budget.reserve = self.session.report_reserve(trainer)
+        allowance = self.session.budget.allowance(
+            self.state_key,
+            steps_done=trainer.global_step,
+            events_left=self.events_left(trainer, event),
         )
+        return self.session.budget.choose(plans, self.cost, allowance)
 
     def _fire(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
         self._last_step = event.step
-        self.events += 1
-        self.log_event(trainer, pl_module, event)
+        if self.disabled is not None or self.session is None:
+            return
+        budget = self.session.budget
+        with budget.charge(self.state_key):
+            try:
+                plan = self._choose(trainer, event)
+                if plan is None:
+                    self._postponed(event)
+                    return
+                self.plan = plan
+                if plan.cuts:
+                    self.note_cut(*plan.cuts, event=event)
+                begin = budget.clock()
+                self.events += 1
+                self.log_event(trainer, pl_module, event)
+                self.cost.observe(plan.units, budget.clock() - begin)
+                self._failures = 0
+            except Exception as err:
+                self.failed(trainer, err, where=f"the {event.label} event", event=event)
 
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
         """Record what the callback watches at ``event`` (subclasses)."""
         raise NotImplementedError
+
+    # -- budget notes and failures --------------------------------------------------------------
+    def note_cut(self, *cuts: str, event: Event | None = None) -> None:
+        """Say once what this callback leaves out (log and a ``budget`` record)."""
+        said = tuple(dict.fromkeys((*self._said_cuts, *cuts)))
+        said = tuple(c for i, c in enumerate(said) if not _same_kind(c, said[:i]))
+        if said == self._said_cuts:
+            return
+        new = [c for c in said if c not in self._said_cuts]
+        self._said_cuts = said
+        share = self.session.budget.share if self.session is not None else DEFAULT_SHARE
+        rank_zero_info(
+            f"cnnviz budget: {self.name} {'; '.join(new)} — to stay within {share:.0%} of the "
+            "fit's time. Pass `budget=None`, or set these options explicitly, to get everything."
+        )
+        if self.store is not None:
+            where = event or Event("start", 0, 0)
+            self.write(
+                "budget",
+                None,
+                where,
+                meta={
+                    "callback": self.name,
+                    "decisions": list(said),
+                    "settings": {"budget": None, "share": share},
+                },
+            )
+
+    def _postponed(self, event: Event) -> None:
+        self.note_cut(
+            f"skips an event when its share of the budget is spent (first: {event.label})"
+        )
+        if self.store is not None:
+            self.write(
+                "budget",
+                None,
+                event,
+                meta={
+                    "callback": self.name,
+                    "decisions": [*self._said_cuts, f"skipped {event.label}"],
+                    "settings": {"budget": None},
+                },
+            )
+
+    def failed(
+        self,
+        trainer: pl.Trainer | None,
+        err: Exception,
+        *,
+        where: str,
+        event: Event | None = None,
+    ) -> None:
+        """Handle a failure: raise with ``strict``, else warn once, record it, go on.
+
+        After :data:`MAX_FAILURES` failures in a row the callback turns itself off.
+        """
+        if self.strict:
+            raise err
+        self.release()
+        self._failures += 1
+        message = f"{type(err).__name__}: {err}"
+        key = f"{where.split(' ')[0]}:{type(err).__name__}"
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(
+                f"cnnviz: {self.name} failed in {where}: {message}. Training goes on; the "
+                "report shows the error. Pass `strict=True` to raise instead."
+            )
+        if self.store is not None:
+            self._write_error(
+                where,
+                event or _now(trainer),
+                type(err).__name__,
+                str(err),
+                detail="".join(traceback.format_exception(err)),
+            )
+        if self._failures >= MAX_FAILURES and self.disabled is None:
+            self.disable(trainer, f"it failed {self._failures} times in a row (last: {message})")
+
+    def _write_error(
+        self, where: str, event: Event | None, exception: str, message: str, *, detail: str = ""
+    ) -> None:
+        try:
+            self.write(
+                "error",
+                None,
+                event or Event("start", 0, 0),
+                meta={
+                    "callback": self.name,
+                    "exception": exception,
+                    "message": message,
+                    "at": where,
+                    "traceback": detail[-4000:],
+                },
+            )
+        except Exception as err:  # the store itself may be what failed
+            rank_zero_warn(f"cnnviz: {self.name} could not record its error: {err}")
 
     # -- the end --------------------------------------------------------------------------------
     @override
@@ -312,75 +678,42 @@ class VizCallback(Callback):
             epoch = max(trainer.current_epoch - 1, 0)
             self._fire(trainer, pl_module, Event("epoch", epoch, trainer.global_step))
         if self.store is not None:  # before Lightning finalizes the loggers
-            self.store.flush()
+            late = self.store.flush(raise_errors=False)
+            if late is not None:
+                self.failed(trainer, late, where="a store write")  # type: ignore[arg-type]
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.store is not None:
-            self.store.flush()
-            self.store.update_run(status="finished", epochs=trainer.current_epoch)
-            self._default_report(trainer)
-
-    def _default_report(self, trainer: pl.Trainer) -> None:
-        """Write ``report.html`` beside the store when the fit has no ``Report`` callback.
-
-        Done once, by the last cnnviz callback (the others have flushed by then). Set the
-        environment variable ``CNNVIZ_AUTO_REPORT=0`` to turn it off; attach
-        :class:`~cnnviz.callbacks.Report` for live updates or other settings.
-        """
-        from cnnviz.callbacks.report import Report
-
-        if os.environ.get("CNNVIZ_AUTO_REPORT", "1") == "0" or self.store is None:
-            return
-        ours = [cb for cb in trainer.callbacks if isinstance(cb, (VizCallback, Report))]
-        if any(isinstance(cb, Report) for cb in ours) or ours[-1] is not self:
-            return
-        target = self.store.root.parent / "report.html"
-        try:
-            from cnnviz.report.build import build_report
-
-            build_report(self.store.root, target, progress=False)
-        except Exception as err:  # the report must never cost the training run
-            rank_zero_warn(
-                f"cnnviz: could not write {target}: {type(err).__name__}: {err}. "
-                f"Rebuild it with `cnnviz report {self.store.root.parent}`."
-            )
-            return
-        rank_zero_info(f"cnnviz report: {target.resolve()}")
+        self.release()
+        if self.session is not None:
+            self.session.finish(trainer, self, error=None)
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         # Lightning does not call teardown when fit raises. cnnviz holds no hook between
-        # events, so only the record of the failure is left to write.
+        # events, so only the record of the failure and the report are left to write.
         self.release()
-        if self.store is not None:
-            try:
-                # keep what was recorded before the failure
-                late = self.store.flush(raise_errors=False)
-                if late is not None:
-                    rank_zero_warn(f"{type(self).__name__}: a store write failed too: {late!r}")
-                self.store.update_run(
-                    status="failed", error=f"{type(exception).__name__}: {exception}"
-                )
-            except OSError as err:  # the run's directory may be what failed
-                rank_zero_warn(f"{type(self).__name__}: could not record the failure: {err}")
+        if self.session is not None:
+            self.session.finish(trainer, self, error=exception)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.release()
         if self.store is not None:
-            self.store.flush()
+            self.store.flush(raise_errors=False)
 
     def release(self) -> None:
-        """Drop references to device tensors held between events (subclasses extend)."""
+        """Drop references to device tensors and hooks held between events (subclasses)."""
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def write(self, kind: str, arrays: dict[str, Any] | None, event: Event, **kw: Any) -> None:
         """Write a record to the store (rank zero only; a no-op elsewhere)."""
         if self.store is None:
             return
+        if self.session is not None:
+            self.session.records_written += 1
         meta = {**event.meta(), **kw.pop("meta", {})}
         self.store.write_async(  # encoded and written off the training thread
             kind,
@@ -400,13 +733,15 @@ class VizCallback(Callback):
         """
         if self.store is None:
             return
+        import numpy as np
+
         x = probe.x.detach().cpu()
-        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+        x = (x.float() if x.is_floating_point() else x).numpy()
         for record in reversed(self.store.records("probe")):
             stored = self.store.load(record).get("x")
             if stored is not None and stored.shape == x.shape and np.array_equal(stored, x):
                 return
-        arrays = {"x": probe.x, "y": probe.y, "display": probe.display, "masks": probe.masks}
+        arrays = {"x": x, "y": probe.y, "display": probe.display, "masks": probe.masks}
         self.write(
             "probe",
             {k: v for k, v in arrays.items() if v is not None},
@@ -417,8 +752,10 @@ class VizCallback(Callback):
     @staticmethod
     def module_device(module: nn.Module) -> torch.device:
         """The device of ``module``'s first parameter or buffer (CPU if it has none)."""
-        for tensor in module.parameters():
-            return tensor.device
-        for tensor in module.buffers():
-            return tensor.device
-        return torch.device("cpu")
+        return model_device(module)
+
+    def warn_once(self, key: str, message: str) -> None:
+        """A warning said once per fit and callback."""
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(f"{self.name}: {message}")

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from cnnviz.callbacks.base import Event, VizCallback
+from cnnviz.analysis.modelio import ModelIO, Spec
+from cnnviz.callbacks.base import Event, VizCallback, spread
+from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
+from cnnviz.callbacks.probe import Probe
 
 __all__ = ["FeatureVisualization"]
 
@@ -41,9 +42,21 @@ class FeatureVisualization(VizCallback):
         seed: Seed of the optimisation's own generator (the global RNG is untouched).
         store_dir: Run store directory (default ``<log_dir>/cnnviz``).
         log_to_loggers: Send the images to the trainer's loggers.
+        probe_input: Where the input is in a batch (key, index or function; shared by all
+            cnnviz callbacks).
+        budget: Share of the fit's time cnnviz may take; at the default ``steps``,
+            ``max_channels`` and ``layers`` this callback optimises fewer steps, channels and
+            layers to fit its part, sized from measured step costs. ``None``: no budget.
+        strict: Raise on failures instead of warning (tests).
+
+    Needs image inputs ``[N, C, H, W]`` and a model whose ``forward`` takes them; otherwise it
+    turns itself off with one warning. Long runs show a progress bar and stop at the next
+    layer when the trainer receives SIGTERM (what was done is kept).
     """
 
     layer_kind = "all"
+    needs = frozenset({"probe", "forward", "image"})
+    budget_weight = 1.5
 
     def __init__(
         self,
@@ -61,6 +74,9 @@ class FeatureVisualization(VizCallback):
         seed: int = 0,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -71,6 +87,9 @@ class FeatureVisualization(VizCallback):
             log_at_end=at_end,
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
+            probe_input=probe_input,
+            budget=budget,
+            strict=strict,
         )
         if objective not in ("mean", "center"):
             raise ValueError(
@@ -102,75 +121,133 @@ class FeatureVisualization(VizCallback):
         self.steps = steps
         self.lr = lr
         self.seed = seed
+        self._counts: dict[str, int] | None = None
 
-    def _channel_counts(self, shape: Sequence[int]) -> dict[str, int]:
-        """Channels of every selected layer, from one guarded forward of a zero image."""
-        import torch
+    @override
+    def check_model(self, io: ModelIO, probe: Probe) -> str | None:
+        problem = super().check_model(io, probe)
+        if problem is None and io.call != "input":
+            problem = (
+                "the model's forward takes the whole batch; feature visualisation optimises "
+                "an input tensor: pass `module=` for the submodule that takes the images"
+            )
+        return problem
 
-        from cnnviz.analysis.capture import capture_activations
+    def _channel_counts(self) -> dict[str, int]:
+        """Channels of every selected layer, from one guarded forward of the probe."""
+        if self._counts is None:
+            from cnnviz.analysis.stages import layer_shapes
 
-        x = torch.zeros(1, *shape, device=self.module_device(self.target))
-        names = [i.name for i in self.selected]
-        results, _ = capture_activations(self.target, x, names, max_channels=1, max_size=1)
-        return {n: r.shape[1] for n, r in results.items()}
+            x = self.probe_inputs()[:1]
+            names = [i.name for i in self.selected]
+            shapes = layer_shapes(self.target, names, lambda: self.target(x))
+            self._counts = {n: s[1] for n, s in shapes.items()}
+        return self._counts
+
+    @override
+    def plans(self, trainer: pl.Trainer, event: Event) -> list[Plan]:
+        """Fewer steps (at the default 256), channels (at the default 16), then layers."""
+        counts = self._channel_counts()
+        names = [i.name for i in self.selected if i.name in counts]
+        step_options = [self.steps] + ([128, 64, 32] if self.steps == 256 else [])
+        channel_options = [self.max_channels]
+        if self.channels is None and self.max_channels == 16:
+            channel_options += [8, 4]
+        layer_options = [names]
+        if self._auto_layers and len(names) > 1:
+            layer_options += [spread(names, max(1, len(names) // 2)), spread(names, 1)]
+        plans = []
+        for layers in layer_options:
+            for channels in channel_options:
+                for steps in step_options:
+                    width = sum(
+                        len(self.channels or [])
+                        if self.channels is not None
+                        else min(counts[n], channels)
+                        for n in layers
+                    )
+                    cuts = []
+                    if steps != self.steps:
+                        cuts.append(f"optimises {steps} of {self.steps} steps")
+                    if channels != self.max_channels:
+                        cuts.append(f"{channels} of {self.max_channels} channels per layer")
+                    if len(layers) < len(names):
+                        cuts.append(f"{len(layers)} of {len(names)} layers")
+                    plans.append(
+                        Plan(
+                            {"layers": layers, "channels": channels, "steps": steps},
+                            steps * width,
+                            tuple(cuts),
+                        )
+                    )
+        plans.sort(key=lambda p: -p.units)
+        return plans
+
+    @override
+    def prior_seconds_per_unit(self) -> float | None:
+        assert self.session is not None
+        return self.session.unit_seconds.get("backward")
 
     @override
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
         if self.store is None:
             return
         from cnnviz.analysis.featvis import visualize_channels
+        from cnnviz.callbacks.progress import Progress
 
+        assert self.model_io is not None
         dm = getattr(trainer, "datamodule", None)
-        shape = getattr(self.target, "expected_input_shape", None) or getattr(
-            dm, "input_shape", None
-        )
-        if shape is None:  # a plain model: read the shape off one validation sample
-            from cnnviz.callbacks.probe import resolve_probe
-
-            shape = tuple(resolve_probe(trainer, None, 1, "FeatureVisualization").x.shape[1:])
-        if shape is None or len(shape) != 3 or getattr(dm, "task", "image") == "text":
-            if self.events <= 1:
-                rank_zero_warn(
-                    "FeatureVisualization: skipped; it optimises image inputs [C, H, W] and "
-                    f"this model's input is {shape} (token models cannot be optimised this way)"
-                )
-            return
+        shape = self.model_io.input_shape
         mean = getattr(dm, "mean", None)
         std = getattr(dm, "std", None)
-        counts = self._channel_counts(shape)
-        for info in self.selected:
-            if self.channels is not None:
-                chosen = [c for c in self.channels if c < counts[info.name]]
-            else:
-                chosen = list(range(min(counts[info.name], self.max_channels)))
-            result = visualize_channels(
-                self.target,
-                info.name,
-                chosen,
-                input_shape=shape,
-                objective=self.objective,
-                mean=mean,
-                std=std,
-                param=self.param,
-                steps=self.steps,
-                lr=self.lr,
-                seed=self.seed,
-            )
-            images, acts, chans = result.images, result.activations, result.channels
-            arrays: dict[str, Any] = {
-                "images": images.permute(0, 2, 3, 1).numpy().astype(np.float16),
-                "activations": acts.numpy(),
-            }
-            self.write(
-                "featvis",
-                arrays,
-                event,
-                layer=info.name,
-                meta={
-                    "channels": list(chans),
-                    "objective": self.objective,
-                    "param": self.param,
-                    "steps": self.steps,
-                    "seconds": result.seconds,
-                },
-            )
+        counts = self._channel_counts()
+        names = self.plan.settings.get("layers", [i.name for i in self.selected])
+        max_channels = self.plan.settings.get("channels", self.max_channels)
+        steps = self.plan.settings.get("steps", self.steps)
+        with Progress(trainer, "feature visualisation", total=len(names), unit="layer") as bar:
+            for done, name in enumerate(names):
+                if bar.stop_requested():
+                    self.warn_once(
+                        "stopped",
+                        f"stopped after {done} of {len(names)} layers: the trainer was asked to "
+                        "stop (SIGTERM); what was done is kept",
+                    )
+                    break
+                if name not in counts:
+                    continue
+                if self.channels is not None:
+                    chosen = [c for c in self.channels if c < counts[name]]
+                else:
+                    chosen = list(range(min(counts[name], max_channels)))
+                result = visualize_channels(
+                    self.target,
+                    name,
+                    chosen,
+                    input_shape=shape,
+                    objective=self.objective,
+                    mean=mean,
+                    std=std,
+                    param=self.param,
+                    steps=steps,
+                    lr=self.lr,
+                    seed=self.seed,
+                )
+                images, acts, chans = result.images, result.activations, result.channels
+                arrays: dict[str, Any] = {
+                    "images": images.permute(0, 2, 3, 1).numpy(),
+                    "activations": acts.numpy(),
+                }
+                self.write(
+                    "featvis",
+                    arrays,
+                    event,
+                    layer=name,
+                    meta={
+                        "channels": list(chans),
+                        "objective": self.objective,
+                        "param": self.param,
+                        "steps": steps,
+                        "seconds": result.seconds,
+                    },
+                )
+                bar.update(1)

@@ -13,7 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from cnnviz.callbacks.base import Event, VizCallback, check_count
+from cnnviz.analysis.modelio import Spec
+from cnnviz.callbacks.base import Event, VizCallback, check_count, guarded
+from cnnviz.callbacks.budget import DEFAULT_SHARE
 from cnnviz.figures.filters import filter_mosaic, filters_figure
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.loggers import log_figure, wants_figures
@@ -48,12 +50,18 @@ class FilterWeights(VizCallback):
         log_on_start: Also record the initial filters.
         store_dir: Run store directory (default ``<log_dir>/cnnviz``).
         log_to_loggers: Send images/figures to the trainer's loggers.
+        probe_input: Where the input is in a batch (key, index or function; shared by all
+            cnnviz callbacks); used to find a deep network's stage outputs.
+        budget: Share of the fit's time cnnviz may take (see :class:`VizCallback`); ``None``
+            for no budget.
+        strict: Raise on failures instead of warning (tests).
 
     Example:
         >>> trainer = Trainer(callbacks=[FilterWeights(), ActivationMaps()])
     """
 
     layer_kind = "conv"
+    budget_weight = 0.5
 
     def __init__(
         self,
@@ -70,6 +78,9 @@ class FilterWeights(VizCallback):
         log_on_start: bool = True,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -79,6 +90,9 @@ class FilterWeights(VizCallback):
             log_on_start=log_on_start,
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
+            probe_input=probe_input,
+            budget=budget,
+            strict=strict,
         )
         check_count("FilterWeights", "max_channels", max_channels, allow_none=True)
         check_count("FilterWeights", "max_in_channels", max_in_channels)
@@ -115,10 +129,11 @@ class FilterWeights(VizCallback):
         return tensor[:k, : self.max_in_channels]
 
     @override
+    @guarded
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if not self.record_gradients or self.store is None:
+        if not self.record_gradients or self.store is None or not self.selected:
             return
         if not (self.step_due(trainer) or (trainer.is_last_batch and self.epoch_due(trainer))):
             return
@@ -201,7 +216,7 @@ class FilterWeights(VizCallback):
                 )
 
     def _previous_weight(self, layer: str) -> np.ndarray | None:
-        if layer in self._previous or self.store is None or self._resumed_store is None:
+        if layer in self._previous or self.store is None or not self._resumed:
             return self._previous.get(layer)
         # a run resumed from a checkpoint: the previous state is in the store
         records = self.store.records("filters", layer=layer, source=self.state_key)

@@ -8,10 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-__all__ = ["Probe", "check_probe", "resolve_probe"]
+from cnnviz.analysis.modelio import Spec, find_input, find_labels
+
+__all__ = ["Probe", "check_probe_argument", "first_loader", "resolve_probe"]
 
 
 @dataclass
@@ -19,37 +20,42 @@ class Probe:
     """Probe inputs and what is known about them.
 
     Attributes:
-        x: Inputs ``[N, ...]`` (on the CPU until moved).
+        batch: The probe as the data loader would yield it (a tensor, tuple or dict), on the CPU.
+        x: The model input inside ``batch`` ``[N, ...]`` (on the CPU until moved).
         y: Labels ``[N]`` or ``None``.
         class_names: Names of the classes, if the data says.
         display: Images for people, ``[N, H, W, C]`` in [0, 1] (denormalised), or ``None``.
         masks: Foreground masks ``[N, H, W]`` where the data has them (Shapes).
+        vocabulary: Token id to word, for token inputs whose data module has one.
     """
 
+    batch: Any
     x: torch.Tensor
     y: torch.Tensor | None = None
     class_names: list[str] | None = None
     display: np.ndarray | None = None
     masks: torch.Tensor | None = None
+    vocabulary: list[str] | None = None
 
 
-def _from_dataset(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def first_loader(loaders: Any) -> Any:
+    """The first loader of ``trainer.val_dataloaders``-like values (list, tuple, dict or one)."""
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    return loaders
+
+
+def _from_dataset(dataset: Any, n: int, collate: Any) -> Any:
     count = min(n, len(dataset))
-    with torch.random.fork_rng():  # random transforms must not shift training's RNG
+    with torch.random.fork_rng(devices=[]):  # random transforms must not shift training's RNG
         items = [dataset[i] for i in range(count)]
-    batch = default_collate(items)
-    if isinstance(batch, (list, tuple)):
-        return batch[0], (
-            batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
-        )
-    if isinstance(batch, dict):
-        x = batch.get("x", batch.get("input", batch.get("image")))
-        return x, batch.get("y", batch.get("label"))
-    return batch, None
+    return (collate or default_collate)(items)
 
 
 def _display(datamodule: Any, x: torch.Tensor) -> np.ndarray | None:
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or not x.is_floating_point():
         return None
     img = x.float()
     if hasattr(datamodule, "denormalize"):
@@ -61,34 +67,79 @@ def _display(datamodule: Any, x: torch.Tensor) -> np.ndarray | None:
     return img.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def resolve_probe(
-    trainer: pl.Trainer,
-    probe: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
-    n: int,
-    owner: str,
-) -> Probe:
-    """The probe batch: the user's tensors, else the first ``n`` validation samples.
+def _vocabulary(datamodule: Any) -> list[str] | None:
+    for name in ("vocabulary", "vocab", "itos"):
+        words = getattr(datamodule, name, None)
+        if callable(words):
+            continue
+        if isinstance(words, (list, tuple)) and words and all(isinstance(w, str) for w in words):
+            return list(words)
+    return None
 
-    Samples are taken from the data set by index inside a forked RNG — never through a
-    ``DataLoader`` iterator, whose creation draws from the global RNG and would change training.
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_detach(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
+def check_probe_argument(owner: str, probe: Any) -> None:
+    """Raise unless ``probe`` is a tensor, ``(inputs, labels)`` or a batch dict.
 
     Raises:
-        ValueError: If no probe was given and the trainer has no validation (or training) data.
+        TypeError: For another type.
+        ValueError: For an empty batch or labels that do not match.
+    """
+    usage = "a tensor [N, ...], a tuple (inputs [N, ...], labels [N]) or a batch dict"
+    if isinstance(probe, dict):
+        if not any(isinstance(v, torch.Tensor) for v in probe.values()):
+            raise TypeError(f"{owner}: `probe` must be {usage}; the dict holds no tensor")
+        return
+    parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
+    if not 1 <= len(parts) <= 2 or not all(isinstance(p, torch.Tensor) for p in parts):
+        raise TypeError(f"{owner}: `probe` must be {usage}")
+    x = parts[0]
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"{owner}: `probe` must be {usage} with N >= 1; got inputs {tuple(x.shape)}"
+        )
+    if len(parts) == 2 and (parts[1].dim() != 1 or len(parts[1]) != len(x)):
+        raise ValueError(
+            f"{owner}: `probe` labels must have shape ({len(x)},); got {tuple(parts[1].shape)}"
+        )
+
+
+def resolve_probe(
+    trainer: pl.Trainer,
+    probe: Any,
+    n: int,
+    owner: str,
+    *,
+    probe_input: Spec = None,
+) -> Probe:
+    """The probe batch: the user's, else the first ``n`` validation (or training) samples.
+
+    Samples are taken from the data set by index inside a forked RNG — never through a
+    ``DataLoader`` iterator, whose creation draws from the global RNG and would change training —
+    and collated with the loader's own ``collate_fn``, so the probe has the structure of the
+    user's batches (a tuple, a dict...).
+
+    Raises:
+        ValueError: If no probe was given and the trainer has no map-style data set to take
+            one from, or the input cannot be found in the batch (names ``probe_input=``).
     """
     dm = getattr(trainer, "datamodule", None)
+    masks = None
     if probe is not None:
-        parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
-        x, y = parts[0], (parts[1] if len(parts) > 1 else None)
-        x = x.detach().clone()
-        return Probe(
-            x=x,
-            y=None if y is None else y.detach().clone(),
-            class_names=getattr(dm, "class_names", None),
-            display=_display(dm, x),
-        )
-    x = y = masks = None
-    if dm is not None and hasattr(dm, "probe"):
-        x, y = dm.probe(n)
+        batch = tuple(probe) if isinstance(probe, list) else probe
+    elif dm is not None and hasattr(dm, "probe"):
+        batch = tuple(dm.probe(n))
         if hasattr(dm, "probe_masks"):
             try:
                 masks = dm.probe_masks(n)
@@ -99,37 +150,26 @@ def resolve_probe(
         if dm is not None:
             try:
                 loaders = dm.val_dataloader()
-            except (NotImplementedError, AttributeError):
+            except (NotImplementedError, AttributeError, TypeError):
                 loaders = None
-        if loaders is None:
+        if not loaders:
             loaders = trainer.val_dataloaders or trainer.train_dataloader
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        if isinstance(loader, dict):
-            loader = next(iter(loader.values()))
-        if not isinstance(loader, DataLoader):
+        loader = first_loader(loaders)
+        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
             raise ValueError(
-                f"{owner}: no probe batch: pass `probe=` (a tensor or (inputs, labels)) or give "
-                "the trainer validation data"
+                f"{owner}: no probe batch: pass `probe=` (a tensor, (inputs, labels) or a batch "
+                "dict) or give the trainer map-style validation data"
             )
-        x, y = _from_dataset(loader.dataset, n)
+        batch = _from_dataset(loader.dataset, n, loader.collate_fn)
+    batch = _detach(batch)
+    x, path = find_input(batch, probe_input)
+    y = find_labels(batch, path)
     return Probe(
-        x=x.detach().clone(),
+        batch=batch,
+        x=x,
         y=None if y is None else torch.as_tensor(y).detach().clone(),
         class_names=getattr(dm, "class_names", None),
         display=_display(dm, x),
         masks=masks,
+        vocabulary=_vocabulary(dm),
     )
-
-
-def check_probe(model: nn.Module, x: torch.Tensor, owner: str) -> None:
-    """Raise a clear error if ``x`` cannot be the model's input (before any forward)."""
-    expected = getattr(model, "expected_input_shape", None)
-    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
-        raise ValueError(
-            f"{owner}: the probe batch has shape {tuple(x.shape)} but {type(model).__name__} "
-            f"expects (N, {', '.join(map(str, expected))}); pass a matching `probe=`"
-        )
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"{owner}: the probe batch must be [N, ...] with N >= 1; got {tuple(x.shape)}"
-        )

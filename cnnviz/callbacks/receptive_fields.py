@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -9,20 +10,21 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from cnnviz.analysis.layer_table import LayerRow, layer_table
 from cnnviz.analysis.layers import select_layers
+from cnnviz.analysis.modelio import ModelIOError, Spec
+from cnnviz.analysis.parts import part_of, renamed
 from cnnviz.analysis.receptive_field import (
     ReceptiveField,
     ReceptiveFieldError,
     effective_receptive_field,
     receptive_fields,
 )
-from cnnviz.callbacks.base import Event, VizCallback, check_count
-from cnnviz.callbacks.probe import Probe, check_probe, resolve_probe
+from cnnviz.callbacks.base import Event, VizCallback, check_count, spread
+from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
+from cnnviz.callbacks.probe import Probe, check_probe_argument
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.figures.receptive_field import erf_figure
 from cnnviz.loggers import log_figure, wants_figures
@@ -30,15 +32,15 @@ from cnnviz.loggers import log_figure, wants_figures
 __all__ = ["ReceptiveFields"]
 
 # What can go wrong in an analysis of an arbitrary model: reported, never fatal to training.
-_ANALYSIS_ERRORS = (ValueError, RuntimeError, TypeError, NotImplementedError)
-
-
-def _spread(names: Sequence[str], count: int) -> list[str]:
-    """Up to ``count`` evenly spaced names, always including the last one."""
-    if len(names) <= count:
-        return list(names)
-    picks = {round(i * (len(names) - 1) / (count - 1)) for i in range(count)}
-    return [names[i] for i in sorted(picks)]
+_ANALYSIS_ERRORS = (
+    ValueError,
+    RuntimeError,
+    TypeError,
+    NotImplementedError,
+    IndexError,
+    KeyError,
+    AttributeError,
+)
 
 
 def _centre_unit(rf: ReceptiveField) -> tuple[int, ...]:
@@ -49,7 +51,7 @@ def _centre_unit(rf: ReceptiveField) -> tuple[int, ...]:
         def offset(i: int, a: int = a) -> float:
             index = [0] * rf.ndim
             index[a] = i
-            return abs(rf.center(*index)[a] - (rf.input_spatial[a] - 1) / 2)
+            return abs(rf.center(*index, local=True)[a] - (rf.input_spatial[a] - 1) / 2)
 
         unit.append(min(range(rf.output_spatial[a]), key=offset))
     return tuple(unit)
@@ -125,6 +127,12 @@ class ReceptiveFields(VizCallback):
         log_on_start: Also record before training (the ERF at initialisation).
         store_dir: Run store directory (default ``<log_dir>/cnnviz``).
         log_to_loggers: Send ERF maps to the trainer's loggers.
+        probe_input: Where the input is in a batch (key, index or function; shared by all
+            cnnviz callbacks).
+        budget: Share of the fit's time cnnviz may take; at the default ``erf_layers`` and
+            ``num_probe`` this callback measures fewer layers and images to stay within its
+            part. ``None``: no budget.
+        strict: Raise on failures instead of warning (tests).
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -144,7 +152,7 @@ class ReceptiveFields(VizCallback):
         module: str | None = None,
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
-        probe: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        probe: Any = None,
         num_probe: int = 8,
         erf: bool = True,
         erf_layers: str | Sequence[str] | None = None,
@@ -152,6 +160,9 @@ class ReceptiveFields(VizCallback):
         log_on_start: bool = True,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -161,14 +172,13 @@ class ReceptiveFields(VizCallback):
             log_on_start=log_on_start,
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
+            probe_input=probe_input,
+            budget=budget,
+            strict=strict,
         )
         check_count("ReceptiveFields", "num_probe", num_probe)
         if probe is not None:
-            parts = list(probe) if isinstance(probe, (tuple, list)) else [probe]
-            if not 1 <= len(parts) <= 2 or not all(isinstance(p, torch.Tensor) for p in parts):
-                raise TypeError(
-                    "ReceptiveFields: `probe` must be a tensor [N, ...] or (inputs, labels)"
-                )
+            check_probe_argument("ReceptiveFields", probe)
         if not isinstance(erf, bool):
             raise TypeError(f"ReceptiveFields: `erf` must be True or False; got {erf!r}")
         if erf_layers is not None and not isinstance(erf_layers, (str, list, tuple)):
@@ -179,12 +189,12 @@ class ReceptiveFields(VizCallback):
         self.erf = erf
         self.erf_layers = erf_layers
         self._erf_names: list[str] = []
-        self._probe: Probe | None = None
         self._rfs: dict[str, ReceptiveField] = {}
         self._units: dict[str, tuple[int, ...]] = {}
         self._rf_tried = False
         self._static_done = False
-        self._warned: set[str] = set()
+        self._input_parts: list[str] | None = None
+        self._whole_failed = False
 
     @staticmethod
     def _check_unit(unit: Any) -> Any:
@@ -235,30 +245,55 @@ class ReceptiveFields(VizCallback):
         if not self.erf:
             self._erf_names = []
         elif self.erf_layers is None:
-            self._erf_names = _spread(names, 6)
+            self._erf_names = spread(names, 6)
         else:
             chosen = select_layers(self.target, self.erf_layers, "all", owner="ReceptiveFields")
             self._erf_names = [info.name for info in chosen]
 
-    @override
-    def release(self) -> None:
-        self._probe = None
-
     def _warn(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"ReceptiveFields: {message}")
+        self.warn_once(key, message)
 
     def _ensure_probe(self, trainer: pl.Trainer) -> Probe | None:
-        if self._probe is None:
+        """The probe, or ``None`` without data (the table can still use the declared shape)."""
+        if self._probe is None and self.session is not None and "probe" not in self._warned:
             try:
-                probe = resolve_probe(trainer, self.probe, self.num_probe, "ReceptiveFields")
-            except ValueError as err:  # no data: the table can still use the declared shape
+                self._probe = self.session.probe(trainer, self.probe, self.num_probe, self.name)
+                self.model_io = self.session.io(self.target, self._probe)
+            except (ValueError, ModelIOError) as err:
                 self._warn("probe", f"{err}; no effective receptive field or region image")
-                return None
-            check_probe(self.target, probe.x, "ReceptiveFields")
-            self._probe = probe
+                self._probe = None
         return self._probe
+
+    @override
+    def plans(self, trainer: pl.Trainer, event: Event) -> list[Plan]:
+        """Fewer ERF layers (when ``erf_layers`` is at its default), then fewer probe images."""
+        names = self._erf_names
+        layer_options = [names]
+        if self.erf_layers is None and len(names) > 1:
+            layer_options += [spread(names, 3), spread(names, 1)]
+        n = self.num_probe
+        image_options = [n] + ([k for k in (4, 1) if k < n] if n == 8 else [])
+        plans = []
+        for count in image_options:
+            for layers in dict.fromkeys(tuple(x) for x in layer_options):
+                cuts = []
+                if len(layers) < len(names):
+                    cuts.append(
+                        f"measures the effective field of {len(layers)} of {len(names)} layers"
+                    )
+                if count < n:
+                    cuts.append(f"averages the effective field over {count} of {n} probe images")
+                units = 1 + count * len(layers)
+                plans.append(
+                    Plan({"erf_layers": list(layers), "images": count}, units, tuple(cuts))
+                )
+        plans.sort(key=lambda p: -p.units)
+        return plans
+
+    @override
+    def prior_seconds_per_unit(self) -> float | None:
+        assert self.session is not None
+        return self.session.unit_seconds.get("backward")
 
     @override
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
@@ -273,15 +308,66 @@ class ReceptiveFields(VizCallback):
         shape = tuple(int(v) for v in shape)
         if not self._rf_tried:  # once: tracing the model is not free
             self._rf_tried = True
-            try:
-                self._rfs = receptive_fields(self.target, shape)
-            except ReceptiveFieldError as err:
-                self._warn("rf", f"no theoretical receptive fields for this model: {err}")
+            self._rfs = self._fields(shape, probe)
         if not self._static_done and not self.store.records("layer_table", source=self.state_key):
             self._write_static(event, shape, probe)
         self._static_done = True
-        if probe is not None:
+        if probe is not None and self.model_io is not None:
             self._write_erf(trainer, event, probe)
+
+    # -- the whole model, or the parts of it that see the input -----------------------------
+    def _whole(self) -> bool:
+        """Whether the watched module's forward takes the input tensor."""
+        return self.model_io is None or self.model_io.call == "input"
+
+    def _parts(self, probe: Probe | None) -> list[str]:
+        """The outermost submodules called with the input itself (found once)."""
+        if self._input_parts is None:
+            self._input_parts = []
+            if probe is not None and self.model_io is not None:
+                from cnnviz.analysis.parts import input_parts
+
+                io, target = self.model_io, self.target
+                x = self.probe_inputs()[:1]
+                try:
+                    self._input_parts = input_parts(
+                        target, x, lambda: io.forward(target, probe.batch, x)
+                    )
+                except _ANALYSIS_ERRORS as err:
+                    self._warn("parts", f"could not find the parts that see the input: {err}")
+        return self._input_parts
+
+    def _fields(self, shape: tuple[int, ...], probe: Probe | None) -> dict[str, ReceptiveField]:
+        """Receptive fields of the whole model, else of its parts that see the input."""
+        first: Exception | None = None
+        if self._whole():
+            try:
+                return receptive_fields(self.target, shape)
+            except (ReceptiveFieldError, *_ANALYSIS_ERRORS) as err:
+                first = err
+                self._whole_failed = True
+        fields: dict[str, ReceptiveField] = {}
+        for part in self._parts(probe):
+            try:
+                sub = receptive_fields(self.target.get_submodule(part), shape)
+            except (ReceptiveFieldError, *_ANALYSIS_ERRORS) as err:
+                first = first or err
+                continue
+            fields.update({f"{part}.{k}": renamed(v, f"{part}.") for k, v in sub.items()})
+        if not fields:
+            why = first or "the model's forward takes the whole batch"
+            self._warn(
+                "rf",
+                f"no theoretical receptive fields for this model: {why}. Pass `module=` for the "
+                "submodule that takes the input tensor",
+            )
+        elif first is not None or not self._whole():
+            self._warn(
+                "rf-parts",
+                f"receptive fields of {', '.join(self._parts(probe))} only (the parts that see "
+                f"the input): the whole module cannot be traced ({first or 'batch forward'})",
+            )
+        return fields
 
     def _unit_for(self, name: str, rf: ReceptiveField) -> tuple[int, ...]:
         wanted = self.unit.get(name) if isinstance(self.unit, dict) else self.unit
@@ -297,11 +383,23 @@ class ReceptiveFields(VizCallback):
         return tuple(wanted)
 
     def _write_static(self, event: Event, shape: tuple[int, ...], probe: Probe | None) -> None:
-        try:
-            rows = layer_table(self.target, shape, receptive_field=False)
-        except _ANALYSIS_ERRORS as err:
-            self._warn("table", f"no layer table for input shape {shape}: {err}")
-            rows = []
+        rows: list[LayerRow] = []
+        error: Exception | None = None
+        if self._whole() and not self._whole_failed:
+            try:
+                rows = layer_table(self.target, shape, receptive_field=False)
+            except _ANALYSIS_ERRORS as err:
+                error = err
+        if not rows:
+            for part in self._parts(probe):
+                try:
+                    sub = layer_table(self.target.get_submodule(part), shape, receptive_field=False)
+                except _ANALYSIS_ERRORS as err:
+                    error = error or err
+                    continue
+                rows += [dataclasses.replace(r, name=f"{part}.{r.name}") for r in sub]
+        if not rows and error is not None:
+            self._warn("table", f"no layer table for input shape {shape}: {error}")
         if rows:
             table = [_table_row(r, self._rfs.get(r.name)) for r in rows]
             self.write("layer_table", None, event, meta={"rows": table})
@@ -334,15 +432,27 @@ class ReceptiveFields(VizCallback):
             )
 
     def _write_erf(self, trainer: pl.Trainer, event: Event, probe: Probe) -> None:
-        x = probe.x.to(self.module_device(self.target))
+        count = int(self.plan.settings.get("images", len(probe.x)))
+        x = self.probe_inputs()[:count]
         figures = self.log_to_loggers and wants_figures(trainer.loggers)
-        for name in self._erf_names:
+        for name in self.plan.settings.get("erf_layers", self._erf_names):
             rf = self._rfs.get(name)
             unit = self._units.get(name)
             if unit is None and rf is not None:
                 unit = self._units.setdefault(name, self._unit_for(name, rf))
+            model, local_name = self.target, name
+            if not self._whole() or self._whole_failed:
+                part = part_of(name, self._parts(probe))
+                if part is None:
+                    self._warn(
+                        f"erf:{name}",
+                        f"no effective receptive field for {name!r}: it is not in a part of the "
+                        "model that takes the input tensor; pass `module=`",
+                    )
+                    continue
+                model, local_name = self.target.get_submodule(part), name[len(part) + 1 :]
             try:
-                res = effective_receptive_field(self.target, name, x, unit=unit)
+                res = effective_receptive_field(model, local_name, x, unit=unit)
             except _ANALYSIS_ERRORS as err:
                 self._warn(f"erf:{name}", f"no effective receptive field for {name!r}: {err}")
                 continue

@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from cnnviz.callbacks.base import VizCallback, default_store_dir, store_for
+from cnnviz.callbacks.base import VizCallback
+from cnnviz.callbacks.session import default_store_dir, session_for
 
 __all__ = ["Report"]
 
@@ -94,6 +95,7 @@ class Report(Callback):
                 "follow it; move Report to the end of `callbacks=[...]`"
             )
         self._viz = [cb for cb in callbacks[:me] if isinstance(cb, VizCallback)]
+        self._session = session_for(trainer)
         default = default_store_dir(trainer)  # every rank: log_dir may broadcast
         if not trainer.is_global_zero:
             self.target = None
@@ -168,7 +170,7 @@ class Report(Callback):
             return
         # The other callbacks write in the background: reading through the shared store waits
         # for their pending writes (their errors stay theirs to raise).
-        store_for(self.store_root).run_info()
+        self._session.store(self.store_root).run_info()
         signature = self._store_signature()
         if signature == self._signature and self.target.exists():
             return

@@ -11,8 +11,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
-from torch import nn
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -22,11 +20,14 @@ from torch.utils.data import (
 )
 from typing_extensions import override
 
-from cnnviz.analysis.guard import HookSet
-from cnnviz.analysis.layers import activation_after
+from cnnviz.analysis.guard import is_compiled, observe
+from cnnviz.analysis.modelio import Spec, cast_input, find_input
+from cnnviz.analysis.readout import Readout, ReadoutHooks, raw_readout
 from cnnviz.analysis.receptive_field import ReceptiveField, ReceptiveFieldError, receptive_fields
 from cnnviz.analysis.topk import TopKActivations
-from cnnviz.callbacks.base import Event, VizCallback, check_count
+from cnnviz.callbacks.base import Event, VizCallback, check_count, guarded, spread
+from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
+from cnnviz.callbacks.probe import first_loader
 from cnnviz.figures.images import image_mosaic
 from cnnviz.figures.topk import topk_figure
 from cnnviz.loggers import log_figure, wants_figures
@@ -34,25 +35,12 @@ from cnnviz.loggers import log_figure, wants_figures
 __all__ = ["TopActivations"]
 
 
-def _first_tensor(item: Any) -> torch.Tensor | None:
-    """The input of a batch or sample: the first tensor of a tuple/list, or ``x``/``input``."""
-    if isinstance(item, torch.Tensor):
-        return item
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
-        return item[0]
-    if isinstance(item, dict):
-        for key in ("x", "input", "image"):
-            if isinstance(item.get(key), torch.Tensor):
-                return item[key]
-    return None
-
-
-def _first_loader(loaders: Any) -> Any:
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    if isinstance(loaders, dict):
-        return next(iter(loaders.values()), None)
-    return loaders
+def _first_tensor(item: Any, spec: Spec = None) -> torch.Tensor | None:
+    """The model input of a batch or sample (see :func:`cnnviz.analysis.modelio.find_input`)."""
+    try:
+        return find_input(item, spec)[0]
+    except ValueError:
+        return None
 
 
 class TopActivations(VizCallback):
@@ -60,15 +48,15 @@ class TopActivations(VizCallback):
 
     While validation runs — no extra pass over the data — forward hooks on the selected layers
     feed a streaming :class:`~cnnviz.analysis.topk.TopKActivations` per layer (per channel the
-    maximum over positions, reduced on the device, ``O(C·k)`` memory). Conv layers followed by
-    an activation in the same ``nn.Sequential`` are read after it, as in ``ActivationMaps``.
-    At the end of the validation epoch each winner's receptive field is cropped from its input
-    image (unclipped, so every patch of a layer has the same size; outside the image it is
-    ``pad_value``) and one ``topk`` record per layer is written: ``patches``
-    ``[C, k, h, w, 3]`` (or ``[C, k, h, w]`` grey) float16 in [0, 1], ``values``, ``samples``
-    (indices into the validation data set) and ``positions`` ``[C, k, 2]`` (``[C, k, 1]`` for
-    1-D layers). Token-id models get ``tokens`` ``[C, k, l]`` (-1 outside the sequence) instead
-    of patches.
+    maximum over positions, reduced on the device, ``O(C·k)`` memory: candidates, never
+    activations). Conv layers are read after the activation that follows them, as in
+    ``ActivationMaps``. At the end of the validation epoch each winner's receptive field is
+    cropped from its input image (unclipped, so every patch of a layer has the same size; outside
+    the image it is ``pad_value``) and one ``topk`` record per layer is written: ``patches``
+    ``[C, k, h, w, 3]`` (or ``[C, k, h, w]`` grey) in [0, 1], ``values``, ``samples`` (indices
+    into the validation data set) and ``positions`` ``[C, k, 2]`` (``[C, k, 1]`` for 1-D
+    layers). Token-id models get ``tokens`` ``[C, k, l]`` (-1 outside the sequence) instead of
+    patches.
 
     The hooks exist only during the validation epochs that end a logging epoch (and are removed
     at its end, on an exception, and in ``teardown``); other epochs cost an int comparison. The
@@ -76,24 +64,40 @@ class TopActivations(VizCallback):
     ``batch_idx * batch_size + offset`` through the loader's sampler: sequential, or under DDP
     Lightning's ``DistributedSampler``, whose index list maps each rank's batches back to the
     data set. Then every rank's results are merged (an all-gather, on every rank) and rank zero
-    writes. Loaders with other samplers (shuffled validation) or iterable data sets cannot be
-    mapped back: a warning says so and nothing is recorded. Only the first validation loader is
-    watched.
+    writes. Only the first validation loader is watched.
+
+    When hooks on the validation pass would cost the user's training — a model compiled with
+    ``torch.compile`` (hooks change dynamo's guards and force recompiles) — or the validation
+    order cannot be mapped back to data-set indices (a shuffled loader), the callback instead
+    runs its own eager pass over the first validation samples (by index, at most
+    ``max_samples``) at the end of the logging epoch, on global rank zero.
 
     Args:
-        layers: Layer names or glob patterns (default: every conv and pooling layer).
+        layers: Layer names or glob patterns (default: every conv and pooling layer; the stage
+            outputs of a deep network).
         module: Submodule to watch (default: the LightningModule).
         k: Activations (patches) kept per channel.
         every_n_epochs: Record the validation of every n-th epoch (default 1).
         max_channels: Channels per layer: the first ``max_channels`` (``None``: all).
         max_patch_size: Patches larger than this per axis are area-downsampled for the store
             (``None``: full size).
+        max_samples: The most validation samples of the callback's own pass (when it needs
+            one; see above).
+        interior_only: Rank only units whose receptive field lies inside the image (no zero
+            padding in their patches). Either way each entry's share of padding is recorded
+            (``padding``) and the report marks it.
         post_activation: Read conv layers after their activation.
         pad_value: Display value of the parts of a field outside the image.
         log_on_start: Also record the sanity-check validation (the untrained model, over the
             batches it sees).
         store_dir: Run store directory (default ``<log_dir>/cnnviz``).
         log_to_loggers: Send the patch mosaics to the trainer's loggers.
+        probe_input: Where the input is in a batch (key, index or function; shared by all
+            cnnviz callbacks).
+        budget: Share of the fit's time cnnviz may take; at the default ``layers`` and
+            ``max_channels`` this callback watches fewer layers and channels, and skips
+            epochs, to stay within its part. ``None``: no budget.
+        strict: Raise on failures instead of warning (tests).
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -104,6 +108,7 @@ class TopActivations(VizCallback):
     """
 
     layer_kind = "all"
+    needs = frozenset({"probe", "forward"})
 
     def __init__(
         self,
@@ -114,11 +119,16 @@ class TopActivations(VizCallback):
         every_n_epochs: int | None = 1,
         max_channels: int | None = 16,
         max_patch_size: int | None = 64,
+        max_samples: int = 512,
+        interior_only: bool = False,
         post_activation: bool = True,
         pad_value: float = 0.5,
         log_on_start: bool = False,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
+        probe_input: Spec = None,
+        budget: float | None = DEFAULT_SHARE,
+        strict: bool | None = None,
     ) -> None:
         super().__init__(
             layers=layers,
@@ -128,10 +138,14 @@ class TopActivations(VizCallback):
             log_on_start=log_on_start,
             store_dir=store_dir,
             log_to_loggers=log_to_loggers,
+            probe_input=probe_input,
+            budget=budget,
+            strict=strict,
         )
         check_count("TopActivations", "k", k)
         check_count("TopActivations", "max_channels", max_channels, allow_none=True)
         check_count("TopActivations", "max_patch_size", max_patch_size, allow_none=True)
+        check_count("TopActivations", "max_samples", max_samples)
         if isinstance(pad_value, bool) or not isinstance(pad_value, (int, float)):
             raise TypeError(f"TopActivations: `pad_value` must be a float; got {pad_value!r}")
         if not 0 <= pad_value <= 1:
@@ -139,10 +153,14 @@ class TopActivations(VizCallback):
         self.k = k
         self.max_channels = max_channels
         self.max_patch_size = max_patch_size
+        self.max_samples = max_samples
+        self.interior_only = interior_only
         self.post_activation = post_activation
+        self._interior: dict[str, torch.Tensor] = {}
         self.pad_value = float(pad_value)
-        self._sources: dict[str, str] = {}
-        self._hooks: HookSet | None = None
+        self._readouts: dict[str, Readout] = {}
+        self._hooks: ReadoutHooks | None = None
+        self._mode: str | None = None  # "hooks" or "own" during a due validation epoch
         self._tops: dict[str, TopKActivations] = {}
         self._full_channels: dict[str, int] = {}
         self._batch: torch.Tensor | None = None
@@ -150,9 +168,12 @@ class TopActivations(VizCallback):
         self._index_map: torch.Tensor | None = None
         self._batch_size = 0
         self._dataset: Any = None
+        self._collate: Any = None
         self._pending: dict[str, TopKActivations] = {}
         self._rf_cache: dict[tuple[int, ...], dict[str, ReceptiveField]] = {}
-        self._warned: set[str] = set()
+        self._own_pass = False
+        self._hook_seconds = 0.0
+        self._began = 0.0
 
     @override
     def _state_fields(self) -> dict[str, Any]:
@@ -160,17 +181,58 @@ class TopActivations(VizCallback):
 
     @override
     def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sources = {}
-        for info in self.selected:
-            after = None
-            if self.post_activation and info.kind == "conv":
-                after = activation_after(self.target, info.name)
-            self._sources[info.name] = after or info.name
+        self._own_pass = is_compiled(pl_module)
+        self._readouts = {}
+
+    @override
+    def prepare(self, trainer: pl.Trainer) -> None:
+        super().prepare(trainer)
+        if self.disabled is not None or self._readouts:
+            return
+        names = [i.name for i in self.selected]
+        self._readouts = {n: raw_readout(self.target, n) for n in names}
+        if self.post_activation and self.model_io is not None and self._probe is not None:
+            assert self.session is not None
+            self._readouts.update(
+                self.session.readouts(self.target, names, self.model_io, self._probe)
+            )
 
     def _warn(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"TopActivations: {message}")
+        self.warn_once(key, message)
+
+    # -- the budget ---------------------------------------------------------------------------
+    @override
+    def plans(self, trainer: pl.Trainer, event: Event) -> list[Plan]:
+        """Fewer channels (at the default ``max_channels``), then fewer layers."""
+        names = [i.name for i in self.selected]
+        channel_options = [self.max_channels]
+        if self.max_channels == 16:
+            channel_options += [8, 4]
+        layer_options = [names]
+        if self._auto_layers and len(names) > 2:
+            layer_options += [spread(names, max(2, len(names) // 2)), spread(names, 2)]
+        plans = []
+        for layers in layer_options:
+            for channels in channel_options:
+                cuts = []
+                if channels != self.max_channels:
+                    cuts.append(
+                        f"keeps the top patches of {channels} of {self.max_channels} channels"
+                    )
+                if len(layers) < len(names):
+                    cuts.append(f"watches {len(layers)} of {len(names)} layers")
+                units = len(layers) * (1 + (channels or 64) / 16)
+                plans.append(Plan({"layers": layers, "channels": channels}, units, tuple(cuts)))
+        return plans
+
+    def _decide(self, trainer: pl.Trainer, event: Event) -> Plan | None:
+        """The plan of this epoch, the same on every rank (rank zero decides)."""
+        plans = self.plans(trainer, event)
+        plan = self._choose(trainer, event)
+        index = plans.index(plan) if plan in plans else -1
+        if trainer.world_size > 1:
+            index = trainer.strategy.broadcast(index, src=0)
+        return plans[index] if index >= 0 else None
 
     # -- the window: hooks during one validation epoch --------------------------------------
     def _due(self, trainer: pl.Trainer) -> bool:
@@ -180,18 +242,21 @@ class TopActivations(VizCallback):
             return self.log_on_start and self.events == 0 and trainer.global_step == 0
         return self.epoch_due(trainer)
 
-    def _plan(self, trainer: pl.Trainer) -> bool:
+    def _plan_loader(self, trainer: pl.Trainer) -> bool:
         """Find the loader's data set, batch size and sample-index map; False if impossible."""
-        loader = _first_loader(trainer.val_dataloaders)
+        loader = first_loader(trainer.val_dataloaders)
         if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
             self._warn("loader", "the validation data is not a map-style DataLoader; skipped")
             return False
+        self._dataset, self._collate = loader.dataset, loader.collate_fn
         sampler, batch_size = loader.sampler, loader.batch_size
         if batch_size is None:
             if not isinstance(loader.batch_sampler, BatchSampler):
-                self._warn("sampler", "a custom `batch_sampler` cannot be mapped to indices")
+                self._warn("sampler", "a custom `batch_sampler`: top patches come from own pass")
+                self._batch_size = 32
                 return False
             sampler, batch_size = loader.batch_sampler.sampler, loader.batch_sampler.batch_size
+        self._batch_size = batch_size
         if isinstance(sampler, SequentialSampler):
             self._index_map = None
         elif isinstance(sampler, DistributedSampler):  # deterministic: seed + epoch, own RNG
@@ -201,44 +266,79 @@ class TopActivations(VizCallback):
             self._warn(
                 "sampler",
                 f"validation samples come from a {type(sampler).__name__}, whose order cannot "
-                "be mapped back to data-set indices; use a sequential validation loader",
+                "be mapped back to data-set indices: the callback runs its own pass over the "
+                "first validation samples instead",
             )
             return False
-        self._dataset, self._batch_size = loader.dataset, batch_size
         return True
 
     @override
+    @guarded
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._due(trainer) or not self._plan(trainer):
+        self._close()
+        self._pending = {}
+        if not self._due(trainer):
             return
+        if not self._readouts:  # the sanity check runs before train start
+            self.prepare(trainer)
+        if not self._readouts or self.disabled is not None:
+            return
+        event = self._event(trainer)
+        plan = self._decide(trainer, event)
+        if plan is None:
+            self._postponed(event)
+            return
+        self.plan = plan
+        self._hook_seconds = 0.0
         self._tops, self._full_channels = {}, {}
-        self._hooks = HookSet()
-        for info in self.selected:
-            module = self.target.get_submodule(self._sources[info.name])
-            self._hooks.add(module.register_forward_hook(self._hook(info.name)))
+        if not self._plan_loader(trainer) or self._own_pass:
+            if trainer.world_size > 1 and not self._own_pass:
+                return  # an own pass would differ between ranks: nothing this epoch
+            self._mode = "own"  # the work happens at the epoch's end
+            return
+        self._mode = "hooks"
+        channels = self.plan.settings.get("channels", self.max_channels)
+        names = self.plan.settings.get("layers", [i.name for i in self.selected])
 
-    def _hook(self, name: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        def on_output(name: str, out: torch.Tensor) -> None:
             indices = self._batch
             if indices is None or name in self._seen:  # only the batch's first call counts
                 return
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
-                return
-            if out.shape[0] != indices.shape[0]:  # a forward on something else than the batch
-                return
+            if out.dim() not in (3, 4) or out.shape[0] != indices.shape[0]:
+                return  # a forward on something else than the batch
             self._seen.add(name)
-            top = self._tops.get(name)
-            if top is None:
-                count = out.shape[1] if self.max_channels is None else self.max_channels
-                top = TopKActivations(min(count, out.shape[1]), self.k, device=out.device)
-                self._tops[name] = top
-                self._full_channels[name] = out.shape[1]
-            top.update(out.detach()[:, : top.num_channels], indices)
+            self._update(name, out, indices, channels)
 
-        return hook
+        hooks = ReadoutHooks(self.target, [self._readouts[n] for n in names], on_output)
+        hooks.__enter__()
+        self._hooks = hooks
+
+    def _event(self, trainer: pl.Trainer) -> Event:
+        if trainer.sanity_checking:
+            return Event("start", trainer.current_epoch, 0)
+        return Event("epoch", trainer.current_epoch, trainer.global_step)
+
+    def _update(
+        self, name: str, out: torch.Tensor, indices: torch.Tensor, channels: int | None
+    ) -> None:
+        clock = self.session.budget.clock if self.session is not None else None
+        begin = clock() if clock is not None else 0.0
+        if self.interior_only:
+            mask = self._interior_mask(name, out)
+            if mask is not None:
+                out = out.masked_fill(~mask, float("-inf"))
+        top = self._tops.get(name)
+        if top is None:
+            count = out.shape[1] if channels is None else channels
+            top = TopKActivations(min(count, out.shape[1]), self.k, device=out.device)
+            self._tops[name] = top
+            self._full_channels[name] = out.shape[1]
+        top.update(out.detach()[:, : top.num_channels].float(), indices.to(out.device))
+        if clock is not None:
+            self._hook_seconds += clock() - begin
 
     @override
+    @guarded
     def on_validation_batch_start(
         self,
         trainer: pl.Trainer,
@@ -247,11 +347,11 @@ class TopActivations(VizCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._hooks is None:
+        if self._mode != "hooks":
             return
         self._seen.clear()
         self._batch = None
-        x = _first_tensor(batch)
+        x = _first_tensor(batch, self.probe_input)
         if dataloader_idx != 0 or x is None:
             return
         start, n = batch_idx * self._batch_size, x.shape[0]
@@ -263,6 +363,7 @@ class TopActivations(VizCallback):
             self._batch = indices
 
     @override
+    @guarded
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -275,23 +376,72 @@ class TopActivations(VizCallback):
         self._batch = None
 
     @override
+    @guarded
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._hooks is None:
+        if self._mode is None:
             return
+        own = self._mode == "own"
         tops = self._tops
+        hook_seconds = self._hook_seconds  # spent inside the validation steps
         self._close()
-        if trainer.world_size > 1:
-            self._sync(tops)  # a collective: every rank takes part, in the same order
-        event = (
-            Event("start", trainer.current_epoch, 0)
-            if trainer.sanity_checking
-            else Event("epoch", trainer.current_epoch, trainer.global_step)
-        )
-        self._pending = tops
-        try:
-            self._fire(trainer, pl_module, event)
-        finally:
-            self._pending = {}
+        assert self.session is not None
+        budget = self.session.budget
+        with budget.charge(self.state_key):
+            begin = budget.clock()
+            if own:
+                if self.store is None:
+                    return  # the own pass runs on global rank zero only
+                tops = self._run_own_pass(trainer)
+            elif trainer.world_size > 1:
+                self._sync(tops)  # a collective: every rank takes part, in the same order
+            self._pending = tops
+            event = self._event(trainer)
+            self._last_step = event.step
+            self.events += 1
+            try:
+                self.log_event(trainer, pl_module, event)
+            finally:
+                self._pending = {}
+            self.cost.observe(self.plan.units, budget.clock() - begin + hook_seconds)
+        budget.add(self.state_key, hook_seconds)
+
+    def _run_own_pass(self, trainer: pl.Trainer) -> dict[str, TopKActivations]:
+        """The top-k over the first validation samples, by index, in one eager pass."""
+        if self._dataset is None:
+            return {}
+        assert self.session is not None
+        probe = self.session.probe(trainer, None, 1, self.name)
+        io = self.session.io(self.target, probe)
+        total = min(len(self._dataset), self.max_samples)
+        size = max(1, self._batch_size or 32)
+        self._tops, self._full_channels = {}, {}
+        names = self.plan.settings.get("layers", [i.name for i in self.selected])
+        channels = self.plan.settings.get("channels", self.max_channels)
+
+        def on_output(name: str, out: torch.Tensor) -> None:
+            if self._batch is None or name in self._seen:
+                return
+            if out.dim() in (3, 4) and out.shape[0] == self._batch.shape[0]:
+                self._seen.add(name)
+                self._update(name, out, self._batch, channels)
+
+        readouts = [self._readouts[n] for n in names]
+        with observe(self.target), torch.no_grad(), ReadoutHooks(self.target, readouts, on_output):
+            for start in range(0, total, size):
+                if trainer.received_sigterm:
+                    break
+                index = list(range(start, min(total, start + size)))
+                with torch.random.fork_rng(devices=[]):
+                    batch = (self._collate or torch.utils.data.default_collate)(
+                        [self._dataset[i] for i in index]
+                    )
+                x, _ = find_input(batch, self.probe_input)
+                self._seen.clear()
+                self._batch = torch.as_tensor(index)
+                io.forward(self.target, batch, cast_input(x, self.target))
+            self._batch = None
+        tops, self._tops = self._tops, {}
+        return tops
 
     def _sync(self, tops: dict[str, TopKActivations]) -> None:
         import torch.distributed as dist
@@ -311,8 +461,9 @@ class TopActivations(VizCallback):
 
     def _close(self) -> None:
         if self._hooks is not None:
-            self._hooks.remove()
+            self._hooks.__exit__(None, None, None)
         self._hooks = None
+        self._mode = None
         self._batch = None
         self._seen.clear()
         self._tops = {}
@@ -325,11 +476,16 @@ class TopActivations(VizCallback):
     # -- lifecycle: no start event of its own; metrics as every callback -----------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record_run(trainer, pl_module)
+        events, self.log_on_start = self.log_on_start, False  # its start is the sanity check
+        try:
+            super().on_train_start(trainer, pl_module)
+        finally:
+            self.log_on_start = events
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write_metrics(trainer)
+        if self.session is not None:
+            self.session.write_metrics(trainer, self)
 
     # -- the records -------------------------------------------------------------------------
     @override
@@ -342,7 +498,7 @@ class TopActivations(VizCallback):
         def get_raw(index: int) -> torch.Tensor:
             if index not in raws:
                 with torch.random.fork_rng(devices=[]):  # random transforms: not training's RNG
-                    x = _first_tensor(self._dataset[index])
+                    x = _first_tensor(self._dataset[index], self.probe_input)
                 if x is None:
                     raise ValueError("TopActivations: validation samples hold no input tensor")
                 raws[index] = x.detach().cpu()
@@ -380,12 +536,46 @@ class TopActivations(VizCallback):
                     ),
                 )
 
+    def _interior_mask(self, name: str, out: torch.Tensor) -> torch.Tensor | None:
+        if name not in self._interior:
+            rf = None
+            if self._probe is not None:
+                rf = self._field(name, tuple(self._probe.x.shape[1:]))
+            if rf is None or tuple(rf.output_spatial) != tuple(out.shape[2:]):
+                self._warn("interior", f"no receptive field of {name}: every unit is ranked")
+                return None
+            self._interior[name] = interior_mask(rf).to(out.device)
+            if not bool(self._interior[name].any()):
+                self._warn(f"interior:{name}", f"no unit of {name} sees only the image")
+        return self._interior[name]
+
+    def _fields_by_parts(self, input_shape: tuple[int, ...]) -> dict[str, ReceptiveField]:
+        """Fields of the whole module, else of its parts that see the input (see parts.py)."""
+        from cnnviz.analysis.parts import receptive_fields_by_parts
+
+        io, probe = self.model_io, self._probe
+        if io is None or probe is None or tuple(probe.x.shape[1:]) != tuple(input_shape):
+            return receptive_fields(self.target, input_shape)
+        target, x = self.target, self.probe_inputs()[:1]
+        return receptive_fields_by_parts(
+            target,
+            input_shape,
+            x,
+            lambda: io.forward(target, probe.batch, x),
+            whole=io.call == "input",
+        )
+
     def _field(self, name: str, input_shape: tuple[int, ...]) -> ReceptiveField | None:
         if input_shape not in self._rf_cache:
             try:
-                self._rf_cache[input_shape] = receptive_fields(self.target, input_shape)
-            except ReceptiveFieldError as err:
-                self._warn("rf", f"no receptive fields, so no patches (values kept): {err}")
+                self._rf_cache[input_shape] = self._fields_by_parts(input_shape)
+            except (ReceptiveFieldError, ValueError, RuntimeError, TypeError, LookupError) as err:
+                self._warn(
+                    "rf",
+                    f"no receptive fields, so no patches (values kept): {err}. A model whose "
+                    "forward takes the whole batch: pass `module=` for the submodule that takes "
+                    "the input tensor",
+                )
                 self._rf_cache[input_shape] = {}
         return self._rf_cache[input_shape].get(name)
 
@@ -396,6 +586,7 @@ class TopActivations(VizCallback):
         values = top.values[:, :kk].float().cpu().numpy()
         samples = top.samples[:, :kk].cpu().numpy()
         flat = top.positions[:, :kk].cpu().numpy()
+        samples = np.where(np.isfinite(values), samples, -1)  # masked units (interior_only)
         positions = np.stack(np.unravel_index(np.maximum(flat, 0), top.spatial_shape), axis=-1)
         positions[samples < 0] = -1
         arrays: dict[str, np.ndarray] = {
@@ -409,12 +600,13 @@ class TopActivations(VizCallback):
             "channels": list(range(top.num_channels)),
             "k": kk,
             "num_channels": self._full_channels.get(name, top.num_channels),
-            "read_from": self._sources.get(name, name),
+            "read_from": self._readouts[name].source if name in self._readouts else name,
             "layer_type": type(self.target.get_submodule(name)).__name__,
             "rf_size": None if rf is None else list(rf.size),
         }
         if rf is None:
             return arrays, meta
+        arrays["padding"] = _padding_share(rf, positions, samples)
         tokens = not raw.is_floating_point()
         pad = -1.0 if tokens else self.pad_value
         try:
@@ -451,7 +643,44 @@ class TopActivations(VizCallback):
             if img.dim() == 4:
                 img = img.permute(0, 2, 3, 1) if colour else img[:, 0]
             out[c, : len(img)] = img.numpy()
-        return out.astype(np.float16), scale
+        return out.astype(np.float32), scale
+
+
+def _padding_share(rf: ReceptiveField, positions: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """Per entry ``[C, k]``: the share of the unit's (local) field that lies in the padding.
+
+    NaN where there is no entry. Zero padding is what a shallow unit near the border sees for
+    most of its field: the report marks those patches.
+    """
+    share = np.full(samples.shape, np.nan, dtype=np.float32)
+    cache: dict[tuple[int, ...], float] = {}
+    for c, j in zip(*np.nonzero(samples >= 0), strict=True):
+        unit = tuple(int(p) for p in positions[c, j])
+        if unit not in cache:
+            full = rf.region(*unit, clip=False, local=True)
+            inside = rf.region(*unit, clip=True, local=True)
+            area = np.prod([full[i + 1] - full[i] for i in range(0, len(full), 2)])
+            seen = np.prod([max(0, inside[i + 1] - inside[i]) for i in range(0, len(inside), 2)])
+            cache[unit] = float(1 - seen / area) if area > 0 else 0.0
+        share[c, j] = cache[unit]
+    return share
+
+
+def interior_mask(rf: ReceptiveField) -> torch.Tensor:
+    """``[h, w]`` (or ``[l]``) bool: output units whose (local) field lies inside the input."""
+    axes = []
+    for axis in range(rf.ndim):
+        keep = []
+        for i in range(rf.output_spatial[axis]):
+            index = [0] * rf.ndim
+            index[axis] = i
+            full = rf.region(*index, clip=False, local=True)
+            start, stop = full[2 * axis], full[2 * axis + 1]
+            keep.append(start >= 0 and stop <= rf.input_spatial[axis])
+        axes.append(torch.tensor(keep))
+    if rf.ndim == 1:
+        return axes[0]
+    return axes[0][:, None] & axes[1][None, :]
 
 
 def _display(x: torch.Tensor, datamodule: Any) -> torch.Tensor:

@@ -52,7 +52,7 @@ def test_records_per_layer_per_event_match_a_manual_forward(tmp_path, leak_check
         assert all(r.meta["read_from"] == source for r in records)
         first, last = store.load(records[0]), store.load(records[-1])
         for stored, expected in ((first, at_start[name]), (last, at_end[name])):
-            assert stored["maps"].dtype == np.float16
+            assert stored["maps"].dtype == np.float32  # whatever the model's precision
             assert stored["maps"].shape == tuple(expected.shape)
             np.testing.assert_allclose(stored["maps"], expected.numpy(), rtol=1e-3, atol=1e-3)
             per_channel = expected.transpose(0, 1).flatten(1)
@@ -88,8 +88,8 @@ def test_every_n_steps_cadence(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("probe", "match"),
     [
-        (torch.randn(4, 3, 10, 10), r"probe batch of shape \(4, 3, 10, 10\) does not fit"),
-        (torch.randn(4, 1, 16, 16), r"probe batch of shape \(4, 1, 16, 16\) does not fit"),
+        (torch.randn(4, 3, 10, 10), r"cannot run on the probe input Tensor\(4, 3, 10, 10\)"),
+        (torch.randn(4, 1, 16, 16), r"cannot run on the probe input Tensor\(4, 1, 16, 16\)"),
     ],
 )
 def test_wrong_probe_shape_is_a_clear_error(tmp_path, leak_check, probe, match) -> None:
@@ -101,7 +101,23 @@ def test_wrong_probe_shape_is_a_clear_error(tmp_path, leak_check, probe, match) 
         make_trainer(tmp_path, [ActivationMaps(probe=probe)]).fit(module, train, val)
     check.verify()
     run = RunStore(tmp_path / "cnnviz").run_info()
-    assert run["status"] == "failed" and "does not fit" in run["error"]
+    assert run["status"] == "failed" and "cannot run on the probe" in run["error"]
+
+
+def test_wrong_probe_shape_turns_the_callback_off_and_training_goes_on(tmp_path) -> None:
+    module = case_module(make_lenet())
+    train, val = make_loaders()
+    cb = ActivationMaps(probe=torch.randn(4, 3, 10, 10), strict=False)
+    trainer = make_trainer(tmp_path, [cb, FilterWeights(strict=False)])
+    with pytest.warns(UserWarning, match=r"ActivationMaps is off for this fit: .*probe input"):
+        trainer.fit(module, train, val)
+    assert trainer.state.finished and trainer.current_epoch == 2
+    store = RunStore(tmp_path / "cnnviz")
+    assert store.run_info()["status"] == "finished"
+    assert not store.records("activations")
+    assert len(store.records("filters")) == 2 * 3  # the other callback went on
+    (error,) = store.records("error")
+    assert error.meta["callback"] == "ActivationMaps" and "probe input" in error.meta["message"]
 
 
 def test_probe_checked_against_the_declared_input_shape(tmp_path) -> None:
@@ -111,7 +127,7 @@ def test_probe_checked_against_the_declared_input_shape(tmp_path) -> None:
     train, val = make_loaders((3, 32, 32))
     cb = ActivationMaps(probe=torch.randn(2, 3, 28, 28))
     with pytest.raises(
-        ValueError, match=r"probe batch has shape \(2, 3, 28, 28\).*\(N, 3, 32, 32\)"
+        ValueError, match=r"cannot run on the probe input.*expects input of shape \(N, 3, 32, 32\); got \(2, 3, 28, 28\)"
     ):
         make_trainer(tmp_path, [cb], max_epochs=1).fit(module, train, val)
 

@@ -78,8 +78,12 @@ def test_observer_effect_zero(tmp_path):
 def test_sequence_models_are_skipped_with_a_warning(tmp_path):
     module = case_module(make_conv1d_net())
     train, val = make_loaders((4, 20), num_classes=3)
-    cb = FeatureVisualization(steps=4, store_dir=tmp_path / "s")
+    cb = FeatureVisualization(steps=4, store_dir=tmp_path / "s", strict=False)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1)
-    with pytest.warns(UserWarning, match="FeatureVisualization: skipped"):
+    with pytest.warns(UserWarning, match="FeatureVisualization is off for this fit: it needs image"):
         trainer.fit(module, train, val)
+    assert trainer.state.finished
     assert RunStore(tmp_path / "s").records("featvis") == []
+    with pytest.raises(ValueError, match="FeatureVisualization: it needs image inputs"):
+        strict = FeatureVisualization(steps=4, store_dir=tmp_path / "t", strict=True)
+        make_trainer(tmp_path, [strict], max_epochs=1).fit(module, train, val)

@@ -67,7 +67,7 @@ def test_records_per_layer_per_event_and_slider_figures(tmp_path, leak_check) ->
         assert norms.data[0].z.shape == (shape[0], 3)
     run = store.run_info()
     assert run["status"] == "finished" and run["module"] == "CaseStudyModule"
-    assert run["layers"][0].startswith("net.0  Conv2d(3→6")
+    assert run["layers"][0]["describe"].startswith("net.0  Conv2d(3→6")
     metrics = store.records("metrics")
     assert [r.epoch for r in metrics] == [0, 1]
     assert "val/loss" in metrics[-1].meta["values"]
@@ -217,10 +217,15 @@ def test_unknown_layer_and_bad_module_fail_at_setup(tmp_path, leak_check) -> Non
 
 def test_module_argument_watches_a_submodule(tmp_path) -> None:
     train, val = make_loaders()
-    cb = FilterWeights(module="net", layers="[03]")
+    cb = FilterWeights(module="net", layers="[03]")  # names inside the module work too
     make_trainer(tmp_path, [cb], max_epochs=1).fit(case_module(make_lenet()), train, val)
-    assert [i.name for i in cb.selected] == ["0", "3"]
-    assert {r.layer for r in RunStore(tmp_path / "cnnviz").records("filters")} == {"0", "3"}
+    # layers keep their names in the LightningModule, as in `cnnviz.list_layers(module)`
+    assert [i.name for i in cb.selected] == ["net.0", "net.3"]
+    records = RunStore(tmp_path / "cnnviz").records("filters")
+    assert {r.layer for r in records} == {"net.0", "net.3"}
+    same = FilterWeights(module="net", layers=["net.0", "net.3"], store_dir=tmp_path / "q")
+    make_trainer(tmp_path, [same], max_epochs=1).fit(case_module(make_lenet()), train, val)
+    assert [i.name for i in same.selected] == ["net.0", "net.3"]
 
 
 def test_two_instances_coexist(tmp_path) -> None:
@@ -238,7 +243,7 @@ def test_two_instances_coexist(tmp_path) -> None:
     assert states[first.state_key]["events"] == 2 and states[second.state_key]["events"] == 2
 
 
-def test_resume_from_checkpoint_continues_the_same_store(tmp_path) -> None:
+def test_resume_into_a_new_log_dir_copies_the_history_there(tmp_path) -> None:
     train, val = make_loaders()
 
     def fit(epochs: int, ckpt: str | None = None) -> tuple[FilterWeights, ActivationMaps]:
@@ -258,18 +263,54 @@ def test_resume_from_checkpoint_continues_the_same_store(tmp_path) -> None:
     assert "version_0" in ckpt
     fw, am = fit(3, ckpt)
     assert fw.events == 4 and am.events == 4  # start + 3 epochs, counted across the runs
-    stores = sorted(glob.glob(str(tmp_path / "**" / "manifest.jsonl"), recursive=True))
-    assert len(stores) == 1 and "version_0" in stores[0]
-    assert not os.path.exists(tmp_path / "lightning_logs" / "version_1" / "cnnviz" / "run.json")
-    store = RunStore(os.path.dirname(stores[0]))
+    old = RunStore(tmp_path / "lightning_logs" / "version_0" / "cnnviz")
+    new = RunStore(tmp_path / "lightning_logs" / "version_1" / "cnnviz")
+    # the first run's directory is left as it was
+    assert [r.meta["label"] for r in old.records("filters", layer="net.0")] == [
+        "start",
+        "epoch 1",
+        "epoch 2",
+    ]
+    assert old.run_info()["status"] == "finished" and old.run_info()["epochs"] == 2
+    # the new run directory holds the whole history: copied up to the checkpoint, then its own
     for kind, layer in (("filters", "net.0"), ("activations", "net.2")):
-        records = store.records(kind, layer=layer)
+        records = new.records(kind, layer=layer)
         assert [r.meta["label"] for r in records] == ["start", "epoch 1", "epoch 2", "epoch 3"]
-    assert len(store.records("probe")) == 1
-    assert [r.epoch for r in store.records("metrics")] == [0, 1, 2]
+    assert len(new.records("probe")) == 1
+    assert [r.epoch for r in new.records("metrics")] == [0, 1, 2]
+    assert len(new.records("resume")) == 1 and new.records("resume")[0].step == 6
     # "unchanged" compares epoch 3 with epoch 2, read back from the store after the restart
-    assert store.records("filters", layer="net.0")[-1].meta["unchanged"] == []
-    assert store.run_info()["status"] == "finished" and store.run_info()["epochs"] == 3
+    assert new.records("filters", layer="net.0")[-1].meta["unchanged"] == []
+    assert new.run_info()["status"] == "finished" and new.run_info()["epochs"] == 3
+
+
+def test_resume_from_an_earlier_checkpoint_continues_the_history_as_one_line(tmp_path) -> None:
+    """Epoch 2 of 4 resumed into the same store: no `epoch 3|epoch 4` twice on the slider."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    train, val = make_loaders()
+    store_dir = tmp_path / "store"
+
+    def fit(epochs: int, ckpt: str | None = None) -> None:
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+        trainer = make_trainer(
+            tmp_path,
+            [FilterWeights(store_dir=store_dir), saver],
+            max_epochs=epochs,
+            enable_checkpointing=True,
+        )
+        trainer.fit(case_module(make_lenet()), train, val, ckpt_path=ckpt)
+
+    fit(4)
+    (second,) = glob.glob(str(tmp_path / "ckpt" / "epoch=1-*.ckpt"))
+    fit(4, second)
+    from cnnviz.report.data import load_run
+    from cnnviz.store import FiltersRecord
+
+    labels = [r.label for r in load_run(store_dir).read(FiltersRecord, "net.0")]
+    assert labels == ["start", "epoch 1", "epoch 2", "epoch 3", "epoch 4"]
+    store = RunStore(store_dir)
+    assert [r.meta["label"] for r in store.records("filters", layer="net.0")] == labels
 
 
 def test_works_on_a_plain_lightning_module(tmp_path, leak_check) -> None:

@@ -111,7 +111,12 @@ def test_lenet5_on_shapes_table_fields_and_erf_over_training(tmp_path, leak_chec
 
 
 def _setup(tmp_path, module: nn.Module, cb: ReceptiveFields) -> ReceptiveFields:
-    cb.setup(make_trainer(tmp_path), module, "fit")
+    trainer = make_trainer(tmp_path)
+    try:
+        cb.setup(trainer, module, "fit")
+    finally:  # set up without a fit: give the store's writer lease back
+        if cb.session is not None:
+            cb.session.finish(trainer, cb, error=None)
     return cb
 
 

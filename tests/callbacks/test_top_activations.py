@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -97,7 +98,7 @@ def test_topk_equals_brute_force_over_the_whole_validation_set(tmp_path, leak_ch
             a["positions"][..., 0] * width + a["positions"][..., 1], positions
         )
         s = sizes[name]
-        assert a["patches"].shape == (len(values), 5, s, s, 3) and a["patches"].dtype == np.float16
+        assert a["patches"].shape == (len(values), 5, s, s, 3) and a["patches"].dtype == np.float32
         assert rec.meta["rf_size"] == [s, s]
     # the patches are the units' fields: the stored value is the filter applied to the crop
     a = store.load(store.records("topk", layer="net.0")[-1])
@@ -238,17 +239,29 @@ def test_observer_effect_is_zero_with_both_callbacks(tmp_path) -> None:
     assert torch.equal(plain["rng"], watched["rng"])
 
 
-def test_unmappable_validation_order_warns_and_records_nothing(tmp_path) -> None:
+def test_shuffled_validation_gets_an_own_pass_by_index(tmp_path) -> None:
     train, val = make_loaders(n_train=32, n_val=16, batch_size=8)
     shuffled = DataLoader(val.dataset, batch_size=8, shuffle=True)
     module = case_module(make_lenet())
+    cb = TopActivations(k=3, max_samples=12)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make_trainer(tmp_path, [TopActivations()], max_epochs=2).fit(module, train, shuffled)
+        make_trainer(tmp_path, [cb], max_epochs=2).fit(module, train, shuffled)
     mine = [w for w in caught if "RandomSampler" in str(w.message)]
-    assert len(mine) == 1 and "cannot be mapped back" in str(mine[0].message)
+    assert len(mine) == 1 and "runs its own pass" in str(mine[0].message)
     store = RunStore(tmp_path / "cnnviz")
-    assert store.records("topk") == [] and store.run_info()["status"] == "finished"
+    records = store.records("topk", layer="net.0")
+    assert [r.meta["label"] for r in records] == ["epoch 1", "epoch 2"]
+    # the own pass covers the first 12 validation samples, found by index: brute force agrees
+    net = copy.deepcopy(module.net).eval()
+    with torch.no_grad():
+        acts = torch.relu(net[0](val.dataset.tensors[0][:12])).amax(dim=(2, 3))  # [12, C]
+    arrays = store.load(records[-1])
+    values, samples = arrays["values"], arrays["samples"]
+    assert samples.max() < 12
+    expected = torch.sort(acts, dim=0, descending=True).values[:3].T.numpy()
+    np.testing.assert_allclose(values, expected, rtol=1e-5)
+    assert store.run_info()["status"] == "finished"
     assert hook_count(module) == 0
 
 
@@ -279,7 +292,7 @@ def test_token_models_record_the_tokens_each_unit_sees(tmp_path) -> None:
     store = RunStore(tmp_path / "cnnviz")
     rec = store.records("topk", layer="net.conv")[-1]
     a = store.load(rec)
-    assert rec.meta["tokens"] is True and "patches" not in a
+    assert "tokens" in a and "patches" not in a
     assert a["tokens"].shape == (6, 4, 3) and a["positions"].shape == (6, 4, 1)
     for ch in range(6):
         for j in range(4):
@@ -347,3 +360,28 @@ def test_lenet5_on_shapes_first_layer_patches_match_the_filters(tmp_path) -> Non
 def test_top_activations_invalid_arguments(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         TopActivations(**kwargs)
+
+
+@pytest.mark.parametrize("interior_only", [False, True])
+def test_padding_share_of_each_patch_and_interior_only(tmp_path, interior_only) -> None:
+    """A 3x3 conv with padding 1 on 16 px: units on the border see a row or column of padding."""
+    module = case_module(make_bn_net())
+    train, val = make_loaders(n_train=16, n_val=32, batch_size=8)
+    cb = TopActivations(k=5, layers=["net.0", "net.4"], interior_only=interior_only)
+    make_trainer(tmp_path, [cb], max_epochs=1).fit(module, train, val)
+    store = RunStore(tmp_path / "cnnviz")
+    first = store.load(store.records("topk", layer="net.0")[-1])
+    padding, positions = first["padding"], first["positions"]
+    assert padding.shape == first["values"].shape
+    on_border = (positions == 0).any(-1) | (positions == 15).any(-1)
+    # a corner unit of a 3x3 field sees 5 of 9 pixels in the padding, an edge unit 3 of 9
+    corner = (positions == 0).all(-1) | (positions == 15).all(-1)
+    np.testing.assert_allclose(padding[corner], 5 / 9, rtol=1e-6)
+    np.testing.assert_allclose(padding[on_border & ~corner], 3 / 9, rtol=1e-6)
+    np.testing.assert_array_equal(padding[~on_border], 0)
+    if interior_only:
+        assert not on_border.any() and (padding == 0).all()
+        deeper = store.load(store.records("topk", layer="net.4")[-1])
+        assert np.nanmax(deeper["padding"]) == 0
+    else:
+        assert on_border.any()  # the strongest units of random images include border ones

@@ -108,7 +108,7 @@ def test_ddp_top_k_equals_one_process_on_the_same_data(tmp_path) -> None:
         )
         for g, w in zip(got, want, strict=True):
             a, b = ddp.load(g), single.load(w)
-            assert set(a) == set(b) == {"values", "samples", "positions", "patches"}
+            assert set(a) == set(b) == {"values", "samples", "positions", "patches", "padding"}
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{layer} {key}")
             assert (b["samples"] >= 0).all() and b["samples"].max() < 27
