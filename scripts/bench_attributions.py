@@ -1,27 +1,41 @@
-"""Time every attribution method against the model passes it needs at minimum.
+"""Time every attribution method through cnnviz against Captum called directly.
 
-For each model (LeNet-5 at 32 px, ResNet-18 small variant at 64 px) and each method of
+For each model (LeNet-5 at 32 px, the case-study ResNet-18 at 64 px) and each method of
 :func:`cnnviz.analysis.attribution.attribute`, on 8 probe images on the CPU:
 
-* ``method s``: wall time of ``attribute(...)`` (best of ``--rounds``, after a warm-up call);
-* ``passes``: the forward+backward passes the method needs at minimum (IG: ``n_steps``;
-  SmoothGrad / GradientShap: samples; DeepLift: one pass over inputs and baselines = 2; guided
-  Grad-CAM: 2; occlusion: windows + 1 *forward* passes);
-* ``unit s``: the measured cost of one forward+backward w.r.t. the input of the 8 images with
-  parameters frozen, in eval mode (forward only for occlusion), timed as ``passes`` of them back
-  to back right before the method (best of ``--rounds``);
-* ``ratio`` = method time / (passes x unit).
+* ``captum s``: Captum called the straightforward way a user would: the model in eval mode,
+  parameters as they are (trainable), a plain target tensor, the same settings as cnnviz's
+  defaults (``n_steps=50``, ``nt_samples=16``, ``n_samples=16``, the same noise level, baselines
+  and occlusion windows) and ``internal_batch_size=None`` / ``perturbations_per_eval=1`` (the
+  defaults);
+* ``cnnviz s``: ``attribute(model, x, method, target=labels)`` on the model in *training* mode,
+  as a callback sees it (cnnviz switches to eval mode and back, freezes parameters, forks the
+  RNG, checks hooks... inside the timed call);
+* ``pass``: the most samples cnnviz evaluates in one pass (from ``--memory-budget-mb``; Captum
+  direct evaluates everything in one pass, whatever its memory);
+* ``ratio`` = median cnnviz / median Captum (below 1: cnnviz is faster);
+* ``min ratio`` = fastest cnnviz round / fastest Captum round (the least disturbed runs; on a
+  busy machine the steadier estimate of the true cost);
+* ``noise``: the interquartile range of the per-round ratios over their median, in percent
+  (how far to trust the ratio on this machine).
+
+Rounds are interleaved (each round times every method both ways, alternating which goes
+first), after one untimed warm-up call of each; medians over the rounds are reported. Run it
+alone on the machine if you can; with other load, raise ``--rounds``.
 
 Usage::
 
-    .venv/bin/python scripts/bench_attributions.py [--rounds 5] [--models lenet5 resnet18]
-        [--threads 1]
+    .venv/bin/python scripts/bench_attributions.py [--rounds 7] [--models lenet5 resnet18]
+        [--threads 1] [--clock wall|cpu] [--methods saliency integrated_gradients ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -30,17 +44,9 @@ from torch import nn
 from cnnviz.analysis.attribution import METHODS, AttributionUnavailable, attribute
 from cnnviz.models import create
 
-GRADIENT_METHODS = (
-    "saliency",
-    "integrated_gradients",
-    "input_x_gradient",
-    "smoothgrad",
-    "gradient_shap",
-    "grad_cam",
-)
-
 
 def probe(size: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` Shapes validation images (random images if the data is unavailable)."""
     try:
         from cnnviz.data.shapes import ShapesDataset
 
@@ -52,145 +58,175 @@ def probe(size: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % 9
 
 
+def direct_call(
+    method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: nn.Module
+) -> Callable[[], object]:
+    """Captum as a user calls it, with cnnviz's default settings."""
+    import captum.attr as ca
+
+    size = tuple(x.shape[2:])
+    window = (x.shape[1], *(max(1, s // 4) for s in size))
+    strides = (x.shape[1], *(max(1, w // 2) for w in window[1:]))
+    stdevs = 0.15 * float(x.max() - x.min())
+    calls: dict[str, Callable[[], object]] = {
+        "saliency": lambda: ca.Saliency(model).attribute(x, target=y, abs=True),
+        "input_x_gradient": lambda: ca.InputXGradient(model).attribute(x, target=y),
+        "integrated_gradients": lambda: ca.IntegratedGradients(model).attribute(
+            x, target=y, n_steps=50
+        ),
+        "smoothgrad": lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
+            x, nt_type="smoothgrad", nt_samples=16, stdevs=stdevs, target=y, abs=True
+        ),
+        "gradient_shap": lambda: ca.GradientShap(model).attribute(
+            x, baselines=torch.cat([torch.zeros_like(x[:1]), x]), n_samples=16, target=y
+        ),
+        "deeplift": lambda: ca.DeepLift(model).attribute(x, target=y),
+        "guided_backprop": lambda: ca.GuidedBackprop(model).attribute(x, target=y),
+        "deconvolution": lambda: ca.Deconvolution(model).attribute(x, target=y),
+        "occlusion": lambda: ca.Occlusion(model).attribute(
+            x, sliding_window_shapes=window, strides=strides, baselines=0.0, target=y
+        ),
+        "grad_cam": lambda: ca.LayerAttribution.interpolate(
+            ca.LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True),
+            size,
+            interpolate_mode="bilinear",
+        ),
+        "guided_grad_cam": lambda: ca.GuidedGradCam(model, layer).attribute(x, target=y),
+    }
+    return calls[method]
+
+
 CLOCK = time.perf_counter
 
 
-def _timed(fn: Callable[[], object], times: int = 1) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     t0 = CLOCK()
-    for _ in range(times):
-        fn()
+    fn()
     return CLOCK() - t0
 
 
-class Units:
-    """One forward+backward w.r.t. the input (params frozen, eval mode), and one forward."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
-        self.model, self.x = model, x
-        self.t = torch.zeros(len(x), dtype=torch.long)
-
-    def __enter__(self) -> Units:
-        self.training = self.model.training
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.model.parameters():
-            p.requires_grad_(True)
-        self.model.train(self.training)
-
-    def fwd_bwd(self) -> None:
-        xi = self.x.detach().requires_grad_(True)
-        out = self.model(xi)
-        torch.autograd.grad(out.gather(1, self.t[:, None]).sum(), xi)
-
-    def fwd(self) -> None:
-        with torch.no_grad():
-            self.model(self.x)
-
-
-def min_passes(method: str, settings: dict) -> tuple[int, str]:
-    if method == "integrated_gradients":
-        return settings["n_steps"], "fb"
-    if method == "smoothgrad":
-        return settings["nt_samples"], "fb"
-    if method == "gradient_shap":
-        return settings["n_samples"], "fb"
-    if method in ("deeplift", "guided_grad_cam"):
-        return 2, "fb"
-    if method == "occlusion":
-        return settings["windows"] + 1, "f"
-    return 1, "fb"
-
-
-def bench(name: str, model: nn.Module, size: int, rounds: int) -> list[tuple]:
-    """Paired rounds: the minimum passes run back to back, then the method; minima compared.
-
-    Pairing and minima keep the comparison fair on a shared, loaded machine: both sides see
-    the same conditions and the least-disturbed run of each is kept.
-    """
+def bench(
+    name: str, model: nn.Module, size: int, methods: list[str], rounds: int, budget: float
+) -> list[tuple]:
+    """Median seconds both ways and the ratios, per method (interleaved rounds)."""
     x, y = probe(size)
-    model.train()  # as during training: attribute() must switch to eval and back itself
+    user = copy.deepcopy(model).eval()  # what a user hands to Captum
+    model.train()  # as during training: attribute() switches to eval and back itself
     rows = []
-    for method in METHODS:
-
-        def call(m: str = method) -> object:
-            return attribute(model, x, m, target="label", labels=y)
-
+    for method in methods:
         try:
-            result = call()  # warm-up (imports, profile cache)
+            # warm-up (imports, profile cache)
+            result = attribute(model, x, method, target=y, memory_budget_mb=budget)
         except AttributionUnavailable as err:
-            rows.append((name, method, None, None, None, None, err.reason))
+            rows.append((name, method, None, None, None, None, None, None, f"cnnviz: {err.reason}"))
             continue
-        passes, kind = min_passes(method, result.settings)
-        best_method = best_unit = float("inf")
-        for _ in range(rounds):
-            with Units(model, x) as units:
-                one = units.fwd_bwd if kind == "fb" else units.fwd
-                one()
-                best_unit = min(best_unit, _timed(one, passes) / passes)
-            best_method = min(best_method, _timed(call))
+        samples = result.settings["internal_batch_size"]
+        layer = user.get_submodule(result.layer) if result.layer else None
+
+        def ours(m: str = method) -> object:
+            return attribute(model, x, m, target=y, memory_budget_mb=budget)
+
+        theirs = direct_call(method, user, x, y, layer)  # type: ignore[arg-type]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs()
+        except Exception as err:  # report what Captum says, time cnnviz alone
+            times = [_timed(ours) for _ in range(rounds)]
+            reason = f"Captum direct fails: {type(err).__name__}: {str(err).splitlines()[0][:70]}"
+            median = statistics.median(times)
+            rows.append((name, method, median, None, samples, None, None, None, reason))
+            continue
+        ours_t: list[float] = []
+        theirs_t: list[float] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Captum warns on every direct call
+            for r in range(rounds):
+                if r % 2:
+                    theirs_t.append(_timed(theirs))
+                    ours_t.append(_timed(ours))
+                else:
+                    ours_t.append(_timed(ours))
+                    theirs_t.append(_timed(theirs))
+        ratios = sorted(o / t for o, t in zip(ours_t, theirs_t, strict=True))
+        ratio = statistics.median(ours_t) / statistics.median(theirs_t)
+        q1, q3 = (statistics.quantiles(ratios, n=4)[i] for i in (0, 2)) if rounds >= 4 else (0, 0)
+        noise = 100 * (q3 - q1) / statistics.median(ratios) if rounds >= 4 else float("nan")
         rows.append(
             (
                 name,
                 method,
-                best_method,
-                f"{passes} {kind}",
-                best_unit,
-                best_method / (passes * best_unit),
+                statistics.median(ours_t),
+                statistics.median(theirs_t),
+                samples,
+                ratio,
+                min(ours_t) / min(theirs_t),
+                noise,
                 "",
             )
         )
     return rows
 
 
+CONFIGS = {
+    "lenet5": (lambda: create("lenet5", in_channels=3, num_classes=9, input_size=32), 32),
+    "resnet18": (lambda: create("resnet18", in_channels=3, num_classes=9, input_size=64), 64),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="paired rounds per method")
-    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet18"])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per method")
+    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=256,
+        help="cnnviz's memory_budget_mb (its default: 256)",
+    )
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
-        help="wall time, or this process's CPU time (steadier on a busy machine; use 1 thread)",
+        help="wall time, or this process's CPU time (steadier on a busy machine, one thread)",
     )
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    configs = {
-        "lenet5": (lambda: create("lenet5", in_channels=3, num_classes=9, input_size=32), 32),
-        "resnet18": (lambda: create("resnet18", in_channels=3, num_classes=9, input_size=64), 64),
-    }
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, 8 images, "
-        f"{args.clock} clock"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, 8 images, "
+        f"{args.rounds} interleaved rounds, medians, {args.clock} clock, cnnviz "
+        f"memory_budget_mb={args.memory_budget_mb:g}"
     )
-    header = f"{'model':9} {'method':21} {'method s':>9} {'passes':>8} {'unit s':>9} {'ratio':>6}"
+    header = (
+        f"{'model':9} {'method':21} {'cnnviz s':>9} {'captum s':>9} {'pass':>5} {'ratio':>6} "
+        f"{'min ratio':>9} {'noise':>6}"
+    )
     print(header)
     print("-" * len(header))
-    worst = 0.0
+    worst = worst_min = 0.0
     for name in args.models:
-        build, size = configs[name]
-        for model_name, method, seconds, passes, unit, ratio, reason in bench(
-            name, build(), size, args.rounds
-        ):
-            if seconds is None:
-                print(f"{model_name:9} {method:21} unavailable: {reason}")
+        build, size = CONFIGS[name]
+        for row in bench(name, build(), size, args.methods, args.rounds, args.memory_budget_mb):
+            model_name, method, ours, theirs, samples, ratio, min_ratio, noise, reason = row
+            if theirs is None:
+                shown = "-" if ours is None else f"{ours:9.4f}"
+                passes = "-" if samples is None else str(samples)
+                print(f"{model_name:9} {method:21} {shown:>9} {'-':>9} {passes:>5}  {reason}")
                 continue
-            flag = " *" if method in GRADIENT_METHODS else ""
-            if method in GRADIENT_METHODS:
-                worst = max(worst, ratio)
+            worst, worst_min = max(worst, ratio), max(worst_min, min_ratio)
             print(
-                f"{model_name:9} {method:21} {seconds:9.4f} {passes:>8} {unit:9.5f} "
-                f"{ratio:6.2f}{flag}"
+                f"{model_name:9} {method:21} {ours:9.4f} {theirs:9.4f} {samples:5d} {ratio:6.2f} "
+                f"{min_ratio:9.2f} {noise:5.0f}%"
             )
-    print(f"* gradient methods (target <= 1.3); worst ratio {worst:.2f}")
+    print(
+        f"worst ratio {worst:.2f}, worst min ratio {worst_min:.2f} (target <= 1.00; noise: IQR "
+        "of per-round ratios / median)"
+    )
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import random
+import warnings
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from cnnviz_test_helpers import make_bn_net, make_conv1d_net, make_lenet, modes
+from cnnviz_test_helpers import make_bn_net, make_conv1d_net, make_lenet
+from observer_state import ModelState as _State
+from observer_state import RngState as _RngState
 from torch import nn
 
 from cnnviz.analysis import attribution as attr_mod
@@ -29,60 +30,6 @@ HOOK_BASED = ("guided_backprop", "deconvolution", "deeplift", "guided_grad_cam")
 
 def _images(n: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-
-
-class _State:
-    """Everything an attribution call must leave as it was."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes = modes(model)
-        self.params = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.requires = {n: p.requires_grad for n, p in model.named_parameters()}
-        self.grads = {n: p.grad for n, p in model.named_parameters()}
-        self.grad_values = {n: None if g is None else g.clone() for n, g in self.grads.items()}
-        self.buffers = {n: b.clone() for n, b in model.named_buffers()}
-        self.inplace = {n: m.inplace for n, m in model.named_modules() if hasattr(m, "inplace")}
-        self.hooks = hook_count(model)
-        self.attrs = {n: set(vars(m)) for n, m in model.named_modules()}
-
-    def verify(self) -> None:
-        model = self.model
-        assert modes(model) == self.modes
-        for n, p in model.named_parameters():
-            assert torch.equal(p.detach(), self.params[n]), n
-            assert p.requires_grad == self.requires[n], n
-            assert p.grad is self.grads[n], n  # same object (or still None)
-            if p.grad is not None:
-                assert torch.equal(p.grad, self.grad_values[n]), n
-        for n, b in model.named_buffers():
-            assert torch.equal(b, self.buffers[n]), n
-        assert {n: m.inplace for n, m in model.named_modules() if hasattr(m, "inplace")} == (
-            self.inplace
-        )
-        assert hook_count(model) == self.hooks
-        assert {n: set(vars(m)) for n, m in model.named_modules()} == self.attrs
-
-
-class _RngState:
-    """Global torch, NumPy and Python RNG streams, and the draws that would come next."""
-
-    def __init__(self) -> None:
-        self.torch = torch.get_rng_state()
-        self.numpy = np.random.get_state()
-        self.python = random.getstate()
-        self.next_torch = torch.rand(5)
-        self.next_numpy = np.random.rand(5)
-        self.next_python = random.random()
-        torch.set_rng_state(self.torch)
-        np.random.set_state(self.numpy)
-        random.setstate(self.python)
-
-    def verify(self) -> None:
-        assert torch.equal(torch.get_rng_state(), self.torch)
-        assert torch.equal(torch.rand(5), self.next_torch)
-        assert np.array_equal(np.random.rand(5), self.next_numpy)
-        assert random.random() == self.next_python
 
 
 @pytest.fixture
@@ -199,20 +146,39 @@ def test_no_hook_left_and_state_restored_when_captum_raises(method: str) -> None
     rng.verify()
 
 
-@pytest.mark.parametrize(
-    ("method", "cls"),
-    [("deeplift", "DeepLift"), ("guided_backprop", "GuidedBackprop")],
-)
-def test_hooks_and_attributes_removed_even_if_captum_forgets(
-    method: str, cls: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _forget_captum_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     import captum.attr
 
+    monkeypatch.setattr(captum.attr.DeepLift, "_remove_hooks", lambda self, *a: None)
+
+
+def _forget_cnnviz_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnviz.analysis.guard import HookSet
+
+    monkeypatch.setattr(HookSet, "remove", lambda self: None)
+
+
+# Guided backprop, deconvolution and the Grad-CAMs hook the model with cnnviz's own forward
+# hooks (no longer Captum's module backward hooks); the safety net must catch those too.
+@pytest.mark.parametrize(
+    ("method", "forget"),
+    [
+        ("deeplift", _forget_captum_hooks),
+        ("guided_backprop", _forget_cnnviz_hooks),
+        ("guided_grad_cam", _forget_cnnviz_hooks),
+        ("grad_cam", _forget_cnnviz_hooks),
+    ],
+)
+def test_hooks_and_attributes_removed_even_if_captum_forgets(
+    method: str, forget: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     net = make_bn_net().eval()
     x = _images()
     attribute(net, x, method, target=0)
-    target_cls = getattr(captum.attr, cls)
-    monkeypatch.setattr(target_cls, "_remove_hooks", lambda self, *a: None)
+    forget(monkeypatch)
+    state = _State(net)
+    attribute(net, x, method, target=0)
+    state.verify()  # a normal call leaves nothing either
     bomb = _Bomb()
     net.insert(4, bomb)
     attribute(net, x, method, target=0)  # new structure: profile again, unarmed
@@ -513,3 +479,268 @@ def test_attribute_many_passes_common_arguments() -> None:
         assert torch.equal(res.targets, labels)
     by_tensor = attribute_many(net, x, ["grad_cam"], target=labels, layer="4")["grad_cam"]
     assert isinstance(by_tensor, AttributionResult) and by_tensor.layer == "4"
+
+
+# --------------------------------------------------------------------------- the method table
+def test_one_spec_per_method_drives_the_checks() -> None:
+    from cnnviz.analysis.attribution import METHOD_SPECS, MethodSpec
+
+    assert tuple(METHOD_SPECS) == METHODS
+    for name, spec in METHOD_SPECS.items():
+        assert isinstance(spec, MethodSpec) and spec.name == name and spec.summary
+        assert (spec.tokens is None) == bool(spec.no_tokens), name
+    assert {n for n, s in METHOD_SPECS.items() if s.hook_based} == set(HOOK_BASED)
+    assert {n for n, s in METHOD_SPECS.items() if s.noisy} == {"smoothgrad", "gradient_shap"}
+    assert available_methods("tokens") == [m for m in METHODS if m != "guided_grad_cam"]
+    with pytest.raises(ValueError, match="`inputs`"):
+        available_methods("video")  # type: ignore[arg-type]
+    # the accepted keyword arguments come from the spec
+    with pytest.raises(TypeError, match=r"occlusion: unexpected.*accepts: baselines, sliding"):
+        attribute(make_lenet(), _images(), "occlusion", n_steps=3)
+
+
+# ------------------------------------------------ native implementations equal Captum's own
+def _relu_lenet() -> nn.Module:
+    return make_lenet().eval()  # ReLU, max pooling: guided rules change the gradients
+
+
+@pytest.mark.parametrize(
+    ("method", "captum_call"),
+    [
+        (
+            "saliency",
+            lambda m, x, t, layer: (
+                __import__("captum.attr").attr.Saliency(m).attribute(x, target=t, abs=True)
+            ),
+        ),
+        (
+            "input_x_gradient",
+            lambda m, x, t, layer: (
+                __import__("captum.attr").attr.InputXGradient(m).attribute(x, target=t)
+            ),
+        ),
+        (
+            "guided_backprop",
+            lambda m, x, t, layer: (
+                __import__("captum.attr").attr.GuidedBackprop(m).attribute(x, target=t)
+            ),
+        ),
+        (
+            "deconvolution",
+            lambda m, x, t, layer: (
+                __import__("captum.attr").attr.Deconvolution(m).attribute(x, target=t)
+            ),
+        ),
+        (
+            "guided_grad_cam",
+            lambda m, x, t, layer: (
+                __import__("captum.attr")
+                .attr.GuidedGradCam(m, layer)
+                .attribute(x, target=t, interpolate_mode="bilinear")
+            ),
+        ),
+    ],
+)
+def test_native_methods_equal_captum(method: str, captum_call: Any) -> None:
+    net = _relu_lenet()
+    x = _images(5)
+    t = torch.tensor([0, 1, 2, 3, 1])
+    ours = attribute(net, x, method, target=t)
+    layer = net.get_submodule(ours.layer) if ours.layer else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum: "Setting backward hooks", "required_grads"
+        theirs = captum_call(net, x.clone(), t, layer)
+    assert torch.allclose(ours.attributions, theirs.detach(), atol=1e-7, rtol=1e-5)
+    assert ours.attributions.abs().sum() > 0
+
+
+def test_grad_cam_equals_captum_layer_grad_cam_on_a_stage_with_in_place_addition() -> None:
+    """A ResNet stage's output is modified in place (``out += identity``) after the hooked
+    layer; Grad-CAM must still read the layer's own output."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from cnnviz.models import create
+
+    net = create("resnet18", in_channels=3, num_classes=5, input_size=32).eval()
+    for m in net.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    x = torch.randn(2, 3, 32, 32)
+    for layer in ("layer3.1.bn2", "layer2"):
+        ours = attribute(net, x, "grad_cam", target=1, layer=layer).attributions
+        cam = LayerGradCam(net, net.get_submodule(layer)).attribute(
+            x, target=1, relu_attributions=True
+        )
+        theirs = LayerAttribution.interpolate(cam, (32, 32), interpolate_mode="bilinear")
+        assert torch.allclose(ours[:, :1], theirs.detach(), atol=1e-6), layer
+
+
+# ---------------------------------------------------------------------- passes on the CPU
+def test_integrated_gradients_runs_in_passes_of_the_fastest_cpu_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cnnviz.analysis.attribution._model import CPU_PASS_SAMPLES
+
+    net = make_lenet()
+    x = torch.randn(8, 3, 16, 16)
+    calls: list[int] = []
+    original = attr_mod._Head.__call__
+
+    def spy(self: Any, inp: torch.Tensor) -> torch.Tensor:
+        calls.append(inp.shape[0])
+        return original(self, inp)
+
+    monkeypatch.setattr(attr_mod._Head, "__call__", spy)
+    res = attribute(net, x, "integrated_gradients", target=0, n_steps=50)
+    assert res.settings["internal_batch_size"] == CPU_PASS_SAMPLES == 128
+    # 400 samples in 4 even passes of at most 128 (13 steps x 8 images), not 50 passes of 8
+    # nor one pass of 400
+    assert calls == [104, 104, 104, 88]
+
+
+# ------------------------------------------------------------------ models as users have them
+class _DictModel(nn.Module):
+    """Takes a batch dict and returns a dict: needs ``forward=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_bn_net()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not isinstance(batch, dict):
+            raise TypeError(f"expects a dict batch, got {type(batch).__name__}")
+        return {"logits": self.net(batch["image"]), "aux": torch.zeros(1)}
+
+
+def _dict_forward(model: _DictModel) -> Any:
+    return lambda x: model({"image": x})["logits"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_function_stands_in_for_the_model(method: str) -> None:
+    wrapped = _DictModel().train()
+    x = _images()
+    plain = attribute(wrapped.net, x, method, target=1, seed=5)
+    state = _State(wrapped)
+    rng = _RngState()
+    res = attribute(wrapped, x, method, target=1, seed=5, forward=_dict_forward(wrapped))
+    rng.verify()
+    state.verify()
+    assert torch.allclose(res.attributions, plain.attributions, atol=1e-6)
+    assert res.layer == (None if plain.layer is None else f"net.{plain.layer}")
+
+
+def test_forward_function_with_attribute_many_and_the_lookups() -> None:
+    wrapped = _DictModel()
+    x = _images()
+    fwd = _dict_forward(wrapped)
+    results = attribute_many(wrapped, x, ["saliency", "grad_cam"], forward=fwd)
+    assert all(isinstance(r, AttributionResult) for r in results.values())
+    assert gradcam_layers(wrapped, x, forward=fwd) == ["net.0", "net.3", "net.4", "net.8"]
+    assert estimate_internal_batch_size(wrapped, x, forward=fwd) == estimate_internal_batch_size(
+        wrapped.net, x
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "match"),
+    [
+        (nn.Conv2d(3, 32, 3), {}, r"`model` must return class scores.*\(1, 32, 14, 14\).*forward="),
+        (_DictModel(), {}, r"`model` could not be called.*pass `forward=`"),
+        (
+            _DictModel(),
+            {"forward": lambda x: x},
+            r"`forward` must return class scores.*\(1, 3, 16, 16\)",
+        ),
+        (make_lenet(), {"forward": "logits"}, r"`forward` must be a function"),
+    ],
+)
+def test_model_output_errors_name_the_fix(model: nn.Module, kwargs: dict, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        attribute(model, _images(), "saliency", **kwargs)
+    assert hook_count(model) == 0
+
+
+def test_dict_output_error_lists_its_keys() -> None:
+    class Out(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3 * 16 * 16, 2)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.fc(x.flatten(1))}
+
+    with pytest.raises(ValueError, match=r"a dict with keys \['logits'\].*forward="):
+        attribute(Out(), _images(), "saliency")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error", "match"),
+    [
+        (torch.zeros(8, 40), ValueError, r"got a torch.float32 tensor of shape \(8, 40\).*long"),
+        (torch.zeros(40, dtype=torch.long), ValueError, r"token ids.*\(N, L\).*inputs\[None\]"),
+        (torch.zeros(2, 3, 4, 4, dtype=torch.uint8), TypeError, r"inputs.float\(\) / 255"),
+        (torch.zeros(0, 3, 16, 16), ValueError, r"non-empty"),
+        (torch.zeros(2, 1, 3, 16, 16), ValueError, r"\(N, C, H, W\) or \(N, C, L\)"),
+        (torch.zeros(2, 5, dtype=torch.bool), TypeError, r"floating point"),
+    ],
+)
+def test_input_errors_give_the_right_advice(inputs: torch.Tensor, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        attribute(make_lenet(), inputs, "saliency")
+
+
+def test_no_batch_dimension_advice_for_a_batch_of_token_ids() -> None:
+    """A 1-D text CNN on token ids (8, 40) is attributed, not told to add a batch dimension."""
+    from cnnviz.models import create
+
+    net = create("kim_cnn", vocab_size=50, embed_dim=8, input_size=32)
+    res = attribute(net, torch.randint(1, 50, (8, 40)), "saliency")
+    assert res.attributions.shape == (8, 40) and res.input_kind == "tokens"
+
+
+# ------------------------------------------------------------------------------- precision
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize(
+    "method", ["saliency", "integrated_gradients", "smoothgrad", "grad_cam", "guided_backprop"]
+)
+def test_low_and_high_precision_models(dtype: torch.dtype, method: str) -> None:
+    ref_net = make_lenet().eval()
+    net = make_lenet().eval().to(dtype)
+    x = _images()  # float32 inputs: cast to the model's dtype inside
+    with torch.no_grad():
+        target = ref_net(x).argmax(1)  # classes with positive Grad-CAM evidence
+    ref = attribute(ref_net, x, method, target=target).attributions
+    state = _State(net)
+    res = attribute(net, x, method, target=target)
+    state.verify()
+    a = res.attributions
+    assert a.dtype == torch.float32 and a.device.type == "cpu" and a.is_contiguous()
+    assert torch.isfinite(a).all()
+    if dtype == torch.float64:
+        assert torch.allclose(a, ref, atol=1e-5, rtol=1e-4)
+        assert "rounding error" not in res.note
+    else:
+        assert _corr(a, ref) > 0.95, _corr(a, ref)
+        assert "rounding error" in res.note
+
+
+def test_float16_deeplift_is_unavailable_with_the_reason() -> None:
+    net = make_lenet().eval().half()
+    with pytest.raises(AttributionUnavailable, match="float16"):
+        attribute(net, _images(), "deeplift")
+    assert isinstance(attribute(net.bfloat16(), _images(), "deeplift"), AttributionResult)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_channels_last_model(method: str) -> None:
+    net = make_bn_net().eval()
+    x = _images()
+    ref = attribute(net, x, method, target=2).attributions
+    res = attribute(net.to(memory_format=torch.channels_last), x, method, target=2)
+    assert res.attributions.is_contiguous()
+    assert torch.allclose(res.attributions, ref, atol=1e-6)

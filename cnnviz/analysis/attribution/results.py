@@ -1,0 +1,65 @@
+"""The two public types every attribution call returns or raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["AttributionResult", "AttributionUnavailable", "InputKind"]
+
+#: How the inputs were read: ``"image"`` ``(N, C, H, W)`` floats, ``"sequence"`` ``(N, C, L)``
+#: floats, or ``"tokens"`` ``(N, L)`` integer token ids (attributed through an embedding layer).
+InputKind = Literal["image", "sequence", "tokens"]
+
+
+class AttributionUnavailable(RuntimeError):
+    """A method cannot run on this model or on these inputs.
+
+    For example Grad-CAM on a model without a spatial layer, DeepLift on a model that calls one
+    activation module twice, or guided Grad-CAM on token ids. :func:`attribute_many` reports
+    these instead of raising.
+
+    Attributes:
+        method: The method's name.
+        reason: Why it cannot run, in one sentence.
+    """
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(f"{method}: {reason}")
+        self.method = method
+        self.reason = reason
+
+
+@dataclass
+class AttributionResult:
+    """Attributions of one method for a batch of inputs.
+
+    Attributes:
+        attributions: Detached, on the CPU, ``float32``, contiguous. For images and float
+            sequences the shape of the inputs (Grad-CAM's one-channel map is repeated over the
+            input channels); for token ids ``(N, L)``: one value per token, summed over the
+            embedding dimension.
+        method: The method's name (one of :data:`METHODS`).
+        targets: The class attributed for each input, ``int64`` of shape ``(N,)``.
+        layer: Qualified name of the layer used by Grad-CAM / guided Grad-CAM, else ``None``.
+        note: Remarks worth showing next to the maps (all-zero maps, a method that reduces to
+            another on this model); empty when there is nothing to say.
+        seconds: Wall time of the call.
+        settings: The effective method parameters (``n_steps``, ``nt_samples``...) and the
+            ``internal_batch_size`` used.
+        input_kind: ``"image"``, ``"sequence"`` or ``"tokens"``.
+        embedding: For token inputs, the qualified name of the ``nn.Embedding`` the
+            attributions were taken at; else ``None``.
+    """
+
+    attributions: torch.Tensor
+    method: str
+    targets: torch.Tensor
+    layer: str | None = None
+    note: str = ""
+    seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    input_kind: InputKind = "image"
+    embedding: str | None = None
