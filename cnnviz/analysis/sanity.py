@@ -1,49 +1,55 @@
-"""Sanity and faithfulness checks for attribution maps.
+"""Sanity checks for attribution maps.
 
 * :func:`model_randomisation_check` — the cascading model-parameter randomisation test of
   Adebayo et al., "Sanity Checks for Saliency Maps" (NeurIPS 2018): re-initialise the weights
   from the logits layer downwards, one more layer per step, and measure how similar the maps
   stay (Spearman rank correlation). A method whose maps barely change explains the input, not
   the model.
-* :func:`mask_share` — the share of positive attribution that falls inside the object's mask,
-  next to the mask's share of the image (what a map that ignores the object scores on average).
+* :func:`object_mask_share` — where the data comes with object masks (the built-in Shapes data
+  does, most data does not), the share of positive attribution that falls inside each object's
+  mask next to the mask's share of the image (what a map that ignores the object scores on
+  average). Its result says whether masks were available, so a caller never describes a mask
+  check that did not run; :func:`describe_checks` words the explanation accordingly.
+  :func:`mask_share` is the bare computation.
 * :func:`spearman` — per-row Spearman rank correlation in torch (ties get average ranks).
 
-Everything runs through :func:`cnnviz.analysis.attribution.attribute`, so the original model is
-never changed; randomised weights live in a deep copy, drawn from a forked, seeded RNG.
+Faithfulness by deletion and insertion curves lives in :mod:`cnnviz.analysis.faithfulness`.
+
+Everything runs through :func:`cnnviz.analysis.attribution.attribute`, so the model's state is
+never changed: randomised weights are drawn from a forked, seeded RNG into new tensors that
+stand in for the layer's parameters only while the randomised maps are computed (the original
+parameter objects are never written to), and the model's own hooks are set aside meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnviz.analysis.attribution import _device_of, _profile, attribute
+from cnnviz.analysis.attribution import attribute
+from cnnviz.analysis.attribution._head import HOOK_DICTS
+from cnnviz.analysis.attribution.core import prepare
 from cnnviz.analysis.guard import model_devices, observe
 
 __all__ = [
+    "MaskShareResult",
     "RandomisationResult",
+    "describe_checks",
     "mask_share",
     "model_randomisation_check",
+    "object_mask_share",
     "randomisable_layers",
     "spearman",
 ]
 
-_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
+_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -137,20 +143,30 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(valid.mean()) if valid.numel() else float("nan")
 
 
-def randomisable_layers(model: nn.Module, inputs: torch.Tensor) -> list[str]:
-    """Conv and linear layers of ``model`` in forward order (the default cascade, reversed).
+def _call_order(model: nn.Module, inputs: torch.Tensor, forward: Forward | None) -> list[str]:
+    """Module names in the order their calls finish (one guarded forward of one sample)."""
+    with observe(model, extra_devices=[inputs.device]):
+        ready = prepare(model, inputs[:1], forward)
+    return [name for name, _ in ready.profile.calls]
+
+
+def randomisable_layers(
+    model: nn.Module, inputs: torch.Tensor, *, forward: Forward | None = None
+) -> list[str]:
+    """Conv, linear and embedding layers of ``model`` in forward order.
+
+    The default cascade of :func:`model_randomisation_check` is this list reversed.
 
     Args:
         model: The classifier.
         inputs: A batch of its inputs (one sample is run, guarded).
+        forward: Function from the input batch to class scores, used instead of ``model(x)``.
 
     Returns:
         Qualified module names, first layer first.
     """
-    with observe(model, extra_devices=[inputs.device]):
-        profile = _profile(model, inputs[:1].detach().to(_device_of(model, inputs)).clone())
     seen: dict[str, None] = {}
-    for name, _ in profile.calls:
+    for name in _call_order(model, inputs, forward):
         if isinstance(model.get_submodule(name), _WEIGHT_TYPES):
             seen.setdefault(name, None)
     return list(seen)
@@ -160,14 +176,20 @@ def _with_params(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(False))]
 
 
-def _cascade(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None) -> list[str]:
+def _cascade(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: Sequence[str] | None,
+    forward: Forward | None,
+) -> list[str]:
     """Layers to randomise, top (logits) first."""
-    order = randomisable_layers(model, inputs)
     if layers is None:
+        order = randomisable_layers(model, inputs, forward=forward)
         if not order:
             raise ValueError(
-                "`model` has no conv or linear layer to randomise; pass `layers` with the names "
-                f"of modules that have parameters: {', '.join(_with_params(model)) or '(none)'}"
+                "`model` has no conv, linear or embedding layer to randomise; pass `layers` with "
+                f"the names of modules that have parameters: "
+                f"{', '.join(_with_params(model)) or '(none)'}"
             )
         return order[::-1]
     if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
@@ -179,9 +201,7 @@ def _cascade(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | Non
             f"`layers`: unknown or parameter-free layer(s) {unknown}; layers with parameters "
             f"are: {', '.join(valid)}"
         )
-    with observe(model, extra_devices=[inputs.device]):
-        x = inputs[:1].detach().to(_device_of(model, inputs)).clone()
-        calls = [name for name, _ in _profile(model, x).calls]
+    calls = _call_order(model, inputs, forward)
     position = {name: i for i, name in enumerate(calls)}  # last call wins: forward position
     return sorted(dict.fromkeys(layers), key=lambda n: position.get(n, -1), reverse=True)
 
@@ -202,20 +222,60 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
                 p.normal_(0.0, scale if scale > 0 else 0.01)
 
 
-def _detached_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without any hook (other observers must not fire on it)."""
-    with torch.inference_mode(False), torch.no_grad():
-        twin = copy.deepcopy(model)
-    for m in twin.modules():
-        for d in _HOOK_DICTS:
-            table = getattr(m, d, None)
-            if table:
-                table.clear()
-    return twin
+class _Randomised:
+    """Stand-in parameters for some modules of a model, for a window.
+
+    :meth:`randomise` draws new parameters (and buffers, which ``reset_parameters`` may reset)
+    for a module on a copy of it and puts them in the module's parameter table; :meth:`restore`
+    puts the original objects back, last change first. The original tensors are never written
+    to, so the optimizer, checkpoints and training see nothing. Used instead of a deep copy of
+    the model so that a user's ``forward`` function, which calls the original model, runs on the
+    randomised weights.
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]] = []
+
+    def randomise(self, module: nn.Module, seed: int) -> None:
+        with torch.inference_mode(False), torch.no_grad():
+            twin = copy.deepcopy(module)
+        _reinitialise(twin, seed)
+        self._saved.append((module, dict(module._parameters), dict(module._buffers)))
+        for name in module._parameters:
+            module._parameters[name] = twin._parameters[name]
+        for name in module._buffers:
+            module._buffers[name] = twin._buffers[name]
+
+    def restore(self) -> None:
+        while self._saved:
+            module, params, buffers = self._saved.pop()
+            module._parameters.update(params)
+            module._buffers.update(buffers)
+
+
+@contextlib.contextmanager
+def _hooks_set_aside(model: nn.Module) -> Iterator[None]:
+    """Hide every module hook of ``model`` for the window.
+
+    Other observers must not see the randomised model. Hooks registered inside the window are
+    dropped at its end.
+    """
+    saved: list[tuple[nn.Module, str, Any]] = []
+    try:
+        for m in model.modules():
+            for d in HOOK_DICTS:
+                table = m.__dict__.get(d)
+                if table is not None:
+                    saved.append((m, d, table))
+                    m.__dict__[d] = type(table)()
+        yield
+    finally:
+        for m, d, table in saved:
+            m.__dict__[d] = table
 
 
 def _maps(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel maps: channels summed, of absolute values and of signed values."""
+    """Per-position maps: channels summed, of absolute values and of signed values."""
     if a.ndim >= 3:
         return a.abs().sum(1), a.sum(1)
     return a.abs(), a
@@ -231,37 +291,52 @@ def model_randomisation_check(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     cascading: bool = True,
+    forward: Forward | None = None,
+    max_steps: int | None = None,
     **attribute_kwargs: Any,
 ) -> RandomisationResult:
     """Cascading model-parameter randomisation test (Adebayo et al., 2018).
 
-    Computes ``method``'s maps on the trained model, then on a deep copy whose layers are
-    re-initialised from the top (logits) layer downwards — one more layer per step, each drawn
-    from a forked RNG seeded with ``seed + step`` — and reports the Spearman rank correlation
-    between the trained and randomised maps (of absolute and of signed values, summed over
-    channels), per image and averaged. Faithful methods give low correlations once the top
-    layers are random. The original model is never modified.
+    Computes ``method``'s maps on the trained model, then with its layers re-initialised from
+    the top (logits) layer downwards — one more layer per step, each drawn from a forked RNG
+    seeded with ``seed + step`` — and reports the Spearman rank correlation between the trained
+    and randomised maps (of absolute and of signed values, summed over channels), per image and
+    averaged. Faithful methods give low correlations once the top layers are random.
+
+    The randomised parameters are new tensors that stand in for the layer's own only while
+    the randomised maps are computed, so a ``forward`` function that calls ``model`` sees
+    them; the original parameter tensors are never written to, the model's hooks are set
+    aside meanwhile (no other observer sees the randomised model), and everything is back in
+    place when the call returns or raises.
 
     Args:
         model: The trained classifier.
-        inputs: Batch ``(N, C, H, W)``.
+        inputs: Batch ``(N, C, H, W)``, ``(N, C, L)`` or token ids ``(N, L)``.
         method: Any method of :func:`cnnviz.analysis.attribution.available_methods`.
         target: As in :func:`~cnnviz.analysis.attribution.attribute`; resolved once on the
             trained model, then kept fixed for the randomised ones.
         labels: True classes, for ``target="label"``.
         layers: Names of the modules to randomise (any modules with parameters); default: every
-            conv and linear layer. Always processed top (last in forward order) first.
+            conv, linear and embedding layer. Always processed top (last in forward order)
+            first.
         seed: Seed of the re-initialisation (and of noise-based methods).
         cascading: ``True``: randomisation accumulates (Adebayo's cascading test); ``False``:
             each step randomises only its own layer (independent test).
-        **attribute_kwargs: Passed to ``attribute`` (``layer``, ``memory_budget_mb``, method
-            parameters such as ``n_steps``).
+        forward: Function from the input batch to class scores, used instead of ``model(x)``
+            (see :func:`~cnnviz.analysis.attribution.attribute`).
+        max_steps: Measure the maps at most this many times (``None``: after every layer). A
+            deep network's cascade still randomises every layer, one after the other, but the
+            maps are compared only at evenly spaced depths (always the first and the last);
+            ``layers`` then lists the deepest layer randomised at each measured step.
+        **attribute_kwargs: Passed to ``attribute`` (``layer``, ``memory_budget_mb``,
+            ``embedding``, method parameters such as ``n_steps``).
 
     Returns:
         The :class:`RandomisationResult`.
 
     Raises:
         ValueError: Unknown ``layers`` (lists the valid names) or bad ``attribute`` arguments.
+        AttributionUnavailable: The method cannot run on this model.
 
     Example:
         >>> res = model_randomisation_check(model, images, "grad_cam", target="label", labels=y)
@@ -270,27 +345,47 @@ def model_randomisation_check(
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"`seed` must be an int; got {seed!r}")
-    order = _cascade(model, inputs, layers)
-    reference = attribute(
-        model, inputs, method, target=target, labels=labels, seed=seed, **attribute_kwargs
-    )
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+    ):
+        raise ValueError(f"`max_steps` must be a positive int or None; got {max_steps!r}")
+    order = _cascade(model, inputs, layers, forward)
+    measured = set(range(len(order)))
+    if max_steps is not None and len(order) > max_steps:
+        if max_steps == 1:
+            measured = {len(order) - 1}
+        else:
+            span = len(order) - 1
+            measured = {round(i * span / (max_steps - 1)) for i in range(max_steps)}
+    kwargs = {**attribute_kwargs, "forward": forward, "seed": seed}
+    reference = attribute(model, inputs, method, target=target, labels=labels, **kwargs)
     targets = reference.targets.to(inputs.device)
     ref_abs, ref_signed = _maps(reference.attributions)
-    twin = _detached_copy(model) if cascading else None
     per_abs, per_signed = [], []
-    for step, name in enumerate(order):
-        current = twin if cascading else _detached_copy(model)
-        assert current is not None
-        _reinitialise(current.get_submodule(name), seed + step)
-        result = attribute(current, inputs, method, target=targets, seed=seed, **attribute_kwargs)
-        rand_abs, rand_signed = _maps(result.attributions)
-        per_abs.append(spearman(ref_abs, rand_abs))
-        per_signed.append(spearman(ref_signed, rand_signed))
+    steps: list[str] = []
+    randomised = _Randomised()
+    with _hooks_set_aside(model):
+        try:
+            for step, name in enumerate(order):
+                if not cascading:
+                    randomised.restore()
+                    if step not in measured:
+                        continue
+                randomised.randomise(model.get_submodule(name), seed + step)
+                if step not in measured:
+                    continue
+                steps.append(name)
+                result = attribute(model, inputs, method, target=targets, **kwargs)
+                rand_abs, rand_signed = _maps(result.attributions)
+                per_abs.append(spearman(ref_abs, rand_abs))
+                per_signed.append(spearman(ref_signed, rand_signed))
+        finally:
+            randomised.restore()
     abs_t = torch.stack(per_abs) if per_abs else torch.empty(0, inputs.shape[0])
     signed_t = torch.stack(per_signed) if per_signed else torch.empty(0, inputs.shape[0])
     return RandomisationResult(
-        method=method,
-        layers=list(order),
+        method=reference.method,
+        layers=steps,
         spearman_abs=[_nanmean(r) for r in abs_t],
         spearman_signed=[_nanmean(r) for r in signed_t],
         per_image_abs=abs_t,
@@ -347,3 +442,118 @@ def mask_share(
     inside = (positive * m).flatten(1).sum(1)
     share = torch.where(total > 0, inside / total.clamp(min=1e-300), torch.nan)
     return share, m.flatten(1).mean(1)
+
+
+@dataclass
+class MaskShareResult:
+    """Outcome of :func:`object_mask_share`: the mask check, or why it did not run.
+
+    Attributes:
+        available: Whether object masks were available and the check ran.
+        reason: When not available, why (e.g. "the data has no object masks"); else empty.
+        inside: ``(N,)`` ``float64`` share of positive attribution inside each mask (NaN for an
+            image without positive attribution); ``None`` when not available.
+        area: ``(N,)`` ``float64`` share of the image each mask covers (what a map that ignores
+            the object scores on average); ``None`` when not available.
+    """
+
+    available: bool
+    reason: str = ""
+    inside: torch.Tensor | None = None
+    area: torch.Tensor | None = None
+
+    @property
+    def mean_inside(self) -> float:
+        """Mean share inside the masks over the images with positive attribution (NaN if none)."""
+        return _nanmean(self.inside) if self.inside is not None else float("nan")
+
+    @property
+    def mean_area(self) -> float:
+        """Mean mask area share (NaN when not available)."""
+        return float(self.area.mean()) if self.area is not None else float("nan")
+
+    def summary(self) -> str:
+        """One sentence for a report: the numbers, or that there were no masks to check."""
+        if not self.available:
+            return f"Mask share not computed: {self.reason}."
+        return (
+            f"{self.mean_inside:.0%} of the positive attribution falls inside the object masks, "
+            f"which cover {self.mean_area:.0%} of the image (chance)."
+        )
+
+
+def object_mask_share(attributions: torch.Tensor, masks: torch.Tensor | None) -> MaskShareResult:
+    """:func:`mask_share` when object masks exist; a result saying why not, when they do not.
+
+    Args:
+        attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps (other layouts, such as token
+            attributions ``(N, L)``, give an unavailable result).
+        masks: ``(N, H, W)`` or ``(N, 1, H, W)`` object masks, or ``None`` (no masks in the
+            data).
+
+    Returns:
+        The :class:`MaskShareResult`.
+
+    Raises:
+        ValueError: If masks are given but do not match the attributions (see
+            :func:`mask_share`).
+
+    Example:
+        >>> object_mask_share(result.attributions, None).summary()
+        'Mask share not computed: the data has no object masks.'
+    """
+    if masks is None:
+        return MaskShareResult(available=False, reason="the data has no object masks")
+    if not isinstance(attributions, torch.Tensor) or attributions.ndim not in (3, 4):
+        shape = tuple(attributions.shape) if isinstance(attributions, torch.Tensor) else None
+        return MaskShareResult(
+            available=False,
+            reason=f"object masks apply to image attributions (N, C, H, W); got shape {shape}",
+        )
+    inside, area = mask_share(attributions, masks)
+    return MaskShareResult(available=True, inside=inside, area=area)
+
+
+def describe_checks(
+    *, masks_available: bool, randomisation: bool = True, faithfulness: bool = False
+) -> str:
+    """The explanation of the attribution checks that ran, for a report or a log.
+
+    Only checks that ran are described; without masks the text says the mask check was not
+    possible instead of describing it.
+
+    Args:
+        masks_available: Whether the data had object masks (:attr:`MaskShareResult.available`).
+        randomisation: Whether the model-randomisation check ran.
+        faithfulness: Whether deletion/insertion curves
+            (:func:`cnnviz.analysis.faithfulness.deletion_insertion`) ran.
+
+    Returns:
+        A few plain-text sentences.
+
+    Example:
+        >>> describe_checks(masks_available=False)[:40]
+        'Model randomisation (Adebayo et al., 201'
+    """
+    parts = []
+    if randomisation:
+        parts.append(
+            "Model randomisation (Adebayo et al., 2018): the layers are replaced by random "
+            "weights from the top down; a map that explains the model must change, so its rank "
+            "correlation with the trained model's map should fall towards 0."
+        )
+    if faithfulness:
+        parts.append(
+            "Deletion and insertion (Petsiuk et al., 2018): the input is removed from (or "
+            "restored into) a blank baseline in the order of the map; a faithful map makes the "
+            "class probability fall faster (lower deletion area) and rise faster (higher "
+            "insertion area) than random orderings do."
+        )
+    if masks_available:
+        parts.append(
+            "Mask share: the part of the positive attribution that falls on the object (its "
+            "mask), next to the part of the image the object covers (chance)."
+        )
+    else:
+        parts.append("Mask share: not computed, the data has no object masks.")
+    return " ".join(parts)

@@ -17,9 +17,12 @@ from torch import nn
 from cnnviz.analysis.attribution import attribute
 from cnnviz.analysis.guard import hook_count
 from cnnviz.analysis.sanity import (
+    MaskShareResult,
     RandomisationResult,
+    describe_checks,
     mask_share,
     model_randomisation_check,
+    object_mask_share,
     randomisable_layers,
     spearman,
 )
@@ -142,14 +145,24 @@ def test_randomisation_layers_argument() -> None:
 
 
 def test_randomisation_copy_does_not_fire_other_observers_hooks() -> None:
+    # The randomised weights now stand in on the model itself (no deep copy), so the model's
+    # own hooks are set aside during the randomised passes: an observer sees the reference
+    # pass only, never the randomised model.
     net = make_lenet()
-    fired: list[nn.Module] = []
-    handle = net[0].register_forward_hook(lambda m, *_: fired.append(m))
+    x = _images()
+    attribute(net, x, "saliency")  # profile cached: the check below runs no profiling pass
+    fired: list[torch.Tensor] = []
+    handle = net[0].register_forward_hook(lambda m, i, o: fired.append(o.detach().clone()))
     try:
-        model_randomisation_check(net, _images(), "saliency")
+        model_randomisation_check(net, x, "saliency")
+        assert len(fired) == 1  # the reference map's one forward pass
+        assert hook_count(net) == 1  # and the observer's hook is back
+        net.eval()
+        with torch.no_grad():
+            expected = net[0](x)
+        assert torch.equal(fired[0], expected)  # computed with the trained weights
     finally:
         handle.remove()
-    assert fired and all(m is net[0] for m in fired)  # never on the randomised copies
 
 
 def test_randomisation_inside_inference_mode() -> None:
@@ -269,3 +282,117 @@ def test_randomising_weights_changes_signed_integrated_gradients(shapes_lenet: d
     )
     assert abs(res.spearman_signed[-1]) < 0.25, res.spearman_signed
     assert max(abs(v) for v in res.spearman_signed[2:]) < 0.3, res.spearman_signed
+
+
+@pytest.mark.slow
+def test_trained_model_maps_beat_random_deletion_and_insertion(shapes_lenet: dict) -> None:
+    from cnnviz.analysis.attribution import attribute_many
+    from cnnviz.analysis.faithfulness import deletion_insertion
+
+    x, y = shapes_lenet["x"][:16], shapes_lenet["y"][:16]
+    methods = ["saliency", "integrated_gradients", "occlusion", "grad_cam"]
+    results = attribute_many(shapes_lenet["model"], x, methods, target="label", labels=y)
+    faith = deletion_insertion(shapes_lenet["model"], x, results, target="label", labels=y)
+    scores = dict(faith.ranking())
+    assert all(scores[m] > 0.1 for m in methods), scores
+    assert faith.random.mean_deletion_auc > max(c.mean_deletion_auc for c in faith.methods.values())
+
+
+# ------------------------------------------------------------- models as users have them
+class _DictModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_lenet()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(batch["image"])}
+
+
+def test_randomisation_through_a_forward_function_sees_the_random_weights() -> None:
+    wrapped = _DictModel()
+    x = _images()
+    plain = model_randomisation_check(wrapped.net, x, "saliency", seed=2)
+    res = model_randomisation_check(
+        wrapped, x, "saliency", seed=2, forward=lambda t: wrapped({"image": t})["logits"]
+    )
+    assert res.layers == [f"net.{n}" for n in plain.layers]
+    assert _same(res.per_image_abs, plain.per_image_abs)  # the same draws, the same maps
+    assert res.spearman_abs[-1] < 0.9  # the maps did change: the forward saw random weights
+
+
+def test_randomisation_restores_parameters_and_hooks_when_a_step_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cnnviz.analysis.sanity as sanity_mod
+
+    net = make_bn_net()
+    net.train()
+    fired: list[int] = []
+    handle = net[0].register_forward_hook(lambda *_: fired.append(1))
+    params = {n: p for n, p in net.named_parameters()}
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    calls = [0]
+    original = sanity_mod.attribute
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("boom")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sanity_mod, "attribute", flaky)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            model_randomisation_check(net, _images(), "saliency")
+        assert {n: p for n, p in net.named_parameters()} == params  # the same objects
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, state[k]), k
+        fired.clear()
+        net(_images())
+        assert fired == [1]  # the observer's hook is back
+    finally:
+        handle.remove()
+    assert hook_count(net) == 0 and all(m.training for m in net.modules())
+
+
+# ------------------------------------------------------------------- mask share, described
+def test_object_mask_share_says_whether_masks_existed() -> None:
+    a = torch.zeros(2, 3, 4, 4)
+    a[:, :, :2, :2] = 1.0
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, :2, :2] = True
+    res = object_mask_share(a, masks)
+    assert isinstance(res, MaskShareResult) and res.available and res.reason == ""
+    assert res.mean_inside == 1.0 and res.mean_area == 0.25
+    assert "100% of the positive attribution" in res.summary() and "25%" in res.summary()
+    none = object_mask_share(a, None)
+    assert not none.available and none.inside is None and math.isnan(none.mean_inside)
+    assert none.summary() == "Mask share not computed: the data has no object masks."
+    tokens = object_mask_share(torch.ones(2, 7), masks)
+    assert not tokens.available and "image attributions" in tokens.reason
+    with pytest.raises(ValueError, match="`masks`"):
+        object_mask_share(a, torch.ones(3, 4, 4, dtype=torch.bool))
+
+
+def test_describe_checks_mentions_masks_only_when_there_were_masks() -> None:
+    without = describe_checks(masks_available=False)
+    assert "Model randomisation" in without and "no object masks" in without
+    assert "falls on the object" not in without and "Shapes" not in without
+    with_masks = describe_checks(masks_available=True, faithfulness=True)
+    assert "falls on the object" in with_masks and "Deletion and insertion" in with_masks
+    only_masks = describe_checks(masks_available=True, randomisation=False)
+    assert "randomisation" not in only_masks
+
+
+def test_randomisation_max_steps_measures_at_spread_depths_of_the_full_cascade() -> None:
+    """A deep cascade randomises every layer but compares the maps only at a few depths."""
+    net = make_bn_net()
+    x = torch.randn(4, 3, 16, 16)
+    full = model_randomisation_check(net, x, "saliency", seed=3)
+    assert len(full.layers) == 3  # conv, conv, linear: top first
+    few = model_randomisation_check(net, x, "saliency", seed=3, max_steps=2)
+    assert few.layers == [full.layers[0], full.layers[-1]]  # the first and the deepest step
+    # the same cumulative randomisation at those depths: the same maps, the same correlations
+    assert few.spearman_abs == pytest.approx([full.spearman_abs[0], full.spearman_abs[-1]])
+    with pytest.raises(ValueError, match=r"`max_steps` must be a positive int or None"):
+        model_randomisation_check(net, x, "saliency", max_steps=0)
