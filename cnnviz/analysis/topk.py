@@ -350,6 +350,7 @@ class TopKActivations:
         get_image: Callable[[int], torch.Tensor],
         *,
         pad_value: float = 0.0,
+        max_size: int | None = None,
     ) -> torch.Tensor:
         """Crop the input patch seen by each of the channel's top units.
 
@@ -358,10 +359,14 @@ class TopKActivations:
             receptive_field: The layer's receptive field (its output shape must match).
             get_image: Returns the input ``(C, H, W)`` (or ``(C, L)``) for a sample index.
             pad_value: Fill for the parts of a field outside the image.
+            max_size: Patches whose field is larger than this per axis are downsampled while
+                they are cropped (area averaging of the part inside the image): the cost and
+                memory follow the image, not the field, which deep layers make many times
+                larger than the image. ``None``: full size.
 
         Returns:
             ``[m, C, size_h, size_w]`` (``[m, C, size]`` for 1-D), ``m <= k`` valid entries, all
-            the size of the unclipped field.
+            the size of the unclipped field (times the downsampling scale).
 
         Raises:
             ValueError: If the receptive field's output shape differs from the activations'.
@@ -373,15 +378,21 @@ class TopKActivations:
                 f"`receptive_field` is for an output of {receptive_field.output_spatial}, but the "
                 f"activations were {self.spatial_shape}; pass the same layer's field"
             )
+        scale = 1.0
+        if max_size is not None and max(receptive_field.size) > max_size:
+            scale = max_size / max(receptive_field.size)
         crops = []
         for entry in self.entries(channel):
             region = list(receptive_field.region(*entry.position, clip=False))
             for a, size in enumerate(receptive_field.size):  # equal sizes, also if misaligned
                 region[2 * a + 1] = region[2 * a] + size
-            crops.append(crop_patch(get_image(entry.sample), tuple(region), pad_value=pad_value))
+            crops.append(
+                crop_patch(get_image(entry.sample), tuple(region), pad_value=pad_value, scale=scale)
+            )
         if not crops:
             image = get_image(0)
-            return image.new_zeros((0, image.shape[0], *receptive_field.size))
+            sizes = [max(1, round(s * scale)) for s in receptive_field.size]
+            return image.new_zeros((0, image.shape[0], *sizes))
         return torch.stack(crops)
 
 
@@ -408,7 +419,9 @@ def _dedupe(
     return valid & ~beaten.any(dim=2)
 
 
-def crop_patch(image: torch.Tensor, region: Sequence[int], pad_value: float = 0.0) -> torch.Tensor:
+def crop_patch(
+    image: torch.Tensor, region: Sequence[int], pad_value: float = 0.0, *, scale: float = 1.0
+) -> torch.Tensor:
     """Crop ``region`` from ``image``, padding where the region leaves the image.
 
     Args:
@@ -416,10 +429,13 @@ def crop_patch(image: torch.Tensor, region: Sequence[int], pad_value: float = 0.
         region: Half-open, possibly outside the image: ``(top, bottom, left, right)``, or
             ``(start, stop)`` for sequences, e.g. ``ReceptiveField.region(i, j, clip=False)``.
         pad_value: Value for the parts outside the image.
+        scale: Downsample the patch by this factor (<= 1) as it is cropped: only the part
+            inside the image is resampled (area averaging), so a field far larger than the
+            image costs no more than the image. Integer inputs (token ids) are not scaled.
 
     Returns:
-        A tensor of shape ``(C, bottom - top, right - left)`` (leading dims kept), so every
-        patch of a layer has the same size.
+        A tensor of shape ``(C, bottom - top, right - left)`` (leading dims kept; each size
+        times ``scale``, rounded, at least 1), so every patch of a layer has the same size.
 
     Raises:
         TypeError: If ``image`` is not a tensor or ``region`` is not a sequence of ints.
@@ -446,6 +462,10 @@ def crop_patch(image: torch.Tensor, region: Sequence[int], pad_value: float = 0.
     sizes = [region[2 * a + 1] - region[2 * a] for a in range(nd)]
     if any(s <= 0 for s in sizes):
         raise ValueError(f"`region` {tuple(region)} is empty; stops must exceed starts")
+    if not 0 < scale <= 1:
+        raise ValueError(f"`scale` must be in (0, 1]; got {scale!r}")
+    if scale < 1 and image.is_floating_point():
+        return _scaled_crop(image, region, pad_value, scale, nd, spatial, lead)
     out = image.new_full((*lead, *sizes), pad_value)
     src, dst = [], []
     for a in range(nd):
@@ -456,4 +476,37 @@ def crop_patch(image: torch.Tensor, region: Sequence[int], pad_value: float = 0.
         src.append(slice(a0, a1))
         dst.append(slice(a0 - lo, a1 - lo))
     out[(..., *dst)] = image[(..., *src)]
+    return out
+
+
+def _scaled_crop(
+    image: torch.Tensor,
+    region: Sequence[int],
+    pad_value: float,
+    scale: float,
+    nd: int,
+    spatial: Sequence[int],
+    lead: Sequence[int],
+) -> torch.Tensor:
+    """:func:`crop_patch` at ``scale``: the in-image part resampled into a padded canvas."""
+    import torch.nn.functional as F
+
+    sizes = [max(1, round((region[2 * a + 1] - region[2 * a]) * scale)) for a in range(nd)]
+    out = image.new_full((*lead, *sizes), pad_value)
+    src, dst, target = [], [], []
+    for a in range(nd):
+        lo, hi = region[2 * a], region[2 * a + 1]
+        a0, a1 = max(lo, 0), min(hi, spatial[a])
+        if a0 >= a1:
+            return out
+        d0 = min(sizes[a] - 1, round((a0 - lo) * scale))
+        d1 = max(d0 + 1, min(sizes[a], round((a1 - lo) * scale)))
+        src.append(slice(a0, a1))
+        dst.append(slice(d0, d1))
+        target.append(d1 - d0)
+    part = image[(..., *src)].float()
+    flat = part.reshape(-1, 1, *part.shape[part.dim() - nd :])
+    mode = "area" if all(t <= s for t, s in zip(target, flat.shape[2:], strict=True)) else "nearest"
+    resized = F.interpolate(flat, size=tuple(target), mode=mode)
+    out[(..., *dst)] = resized.reshape(*part.shape[: part.dim() - nd], *target).to(out.dtype)
     return out
