@@ -21,10 +21,15 @@ DEMO_MODEL_KWARGS: dict[str, dict[str, Any]] = {"lenet5": {"activation": "relu",
 
 
 def default_callbacks(*, live: bool = True, report: bool = True, quick: bool = False) -> list[Any]:
-    """Every cnnviz callback with the demo's settings."""
+    """Every cnnviz callback with the demo's settings.
+
+    The demo shows everything for its small LeNet-5: every callback is told so explicitly
+    (``budget=None``) — at default settings cnnviz would keep itself to 10% of this short fit
+    and leave things out.
+    """
     from cnnviz import callbacks as cb
 
-    found: list[Any] = [cb.FilterWeights(), cb.ActivationMaps(num_probe=8)]
+    found: list[Any] = [cb.FilterWeights(budget=None), cb.ActivationMaps(num_probe=8, budget=None)]
     for name, kwargs in (
         ("ReceptiveFields", {}),
         ("TopActivations", {}),
@@ -33,9 +38,10 @@ def default_callbacks(*, live: bool = True, report: bool = True, quick: bool = F
             {"methods": ["saliency", "integrated_gradients", "grad_cam"]} if quick else {},
         ),
         ("FeatureVisualization", {"steps": 32} if quick else {}),
+        ("ConceptDissection", {}),
     ):
         if hasattr(cb, name):
-            found.append(getattr(cb, name)(**kwargs))
+            found.append(getattr(cb, name)(budget=None, **kwargs))
     if report and hasattr(cb, "Report"):
         found.append(cb.Report(live=live))
     return found

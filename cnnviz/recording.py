@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -68,7 +69,8 @@ def centre_unit(field: ReceptiveField | Sequence[int]) -> tuple[int, ...]:
     """The unit described by default: the one whose field is centred on the input.
 
     One rule for the receptive-field records, the ERF and ``inspect``: per axis, the unit whose
-    unclipped field centre is nearest the input's centre (the lower index on a tie); without a
+    unclipped (local) field centre is nearest the input's centre (the lower index on a tie);
+    without a
     receptive field (only the output size), ``(n - 1) // 2``, which is the same unit for a plain
     stack of convolutions.
 
@@ -88,7 +90,8 @@ def centre_unit(field: ReceptiveField | Sequence[int]) -> tuple[int, ...]:
         def offset(i: int, a: int = a) -> float:
             index = [0] * rf.ndim
             index[a] = i
-            return abs(rf.center(*index)[a] - (rf.input_spatial[a] - 1) / 2)
+            # the local field: after a gate every unit's full field is the whole input
+            return abs(rf.center(*index, local=True)[a] - (rf.input_spatial[a] - 1) / 2)
 
         unit.append(min(range(rf.output_spatial[a]), key=offset))
     return tuple(unit)
@@ -196,6 +199,7 @@ def activations_record(
     read_from: str | None = None,
     layer_type: str | None = None,
     channels: Sequence[int] | None = None,
+    readout: Any = None,
 ) -> ActivationsRecord:
     """One layer's captured maps and per-channel statistics.
 
@@ -205,7 +209,12 @@ def activations_record(
         layer_type: The layer's class name.
         channels: Keep only these of the captured channels (positions in ``captured.channels``
             order are looked up by channel index), e.g. the strongest ones.
+        readout: The layer's :class:`~cnnviz.analysis.readout.Readout` (where a conv was
+            read: its ``stage`` and path are recorded; ``read_from`` defaults to its source).
     """
+    conv = readout is not None and getattr(readout, "kind", None) == "conv"
+    if read_from is None and readout is not None:
+        read_from = readout.source
     kept = [int(c) for c in captured.channels.tolist()]
     maps = captured.maps
     if channels is not None:
@@ -226,6 +235,8 @@ def activations_record(
         read_from=read_from,
         nonfinite=int(captured.nonfinite),
         layer_type=layer_type,
+        stage=readout.stage if conv else None,
+        read_path=tuple(str(p) for p in readout.path) if conv else (),
     )
 
 
@@ -303,6 +314,14 @@ def receptive_field_record(
         exact=bool(rf.exact),
         layer_type=rf.type,
         output_shape=_ints(rf.output_shape),
+        global_context=bool(rf.global_context),
+        global_context_at=tuple(str(m) for m in rf.global_context_at),
+        local_size=_ints(rf.local_size) if rf.global_context else None,
+        local_jump=_ints(rf.local_jump) if rf.global_context else None,
+        local_region=_ints(rf.region(*u, local=True)) if rf.global_context else None,
+        local_region_unclipped=(
+            _ints(rf.region(*u, clip=False, local=True)) if rf.global_context else None
+        ),
     )
 
 
@@ -317,22 +336,33 @@ def erf_record(res: ERFResult) -> ErfRecord:
     one_d = emap.ndim == 1
     emap = emap[None] if one_d else emap
     theo = res.theoretical
-    region = None if theo is None else _as_2d(theo.region(*res.unit))
+    region = None if theo is None else _as_2d(theo.region(*res.unit, local=True))
     return ErfRecord(
         map=emap,
-        radius=float(res.radius),
+        radius=_finite(res.radius),
         sigma=tuple(float(s) for s in ((0.0, *res.sigma) if one_d else res.sigma)),
-        ratio=None if res.ratio is None else float(res.ratio),
+        ratio=_finite(res.ratio),
         theoretical=region,
         region=region,
-        theoretical_size=None if theo is None else _ints(theo.size),
-        effective_size=float(res.effective_size),
+        theoretical_size=None if theo is None else _ints(theo.local_size),
+        effective_size=_finite(res.effective_size),
         unit=_ints(res.unit),
         centroid=tuple(float(c) for c in ((0.0, *res.centroid) if one_d else res.centroid)),
         mass_fraction=float(res.mass_fraction),
         num_images=int(res.num_images),
         note=res.note or None,
+        effective_area=_finite(res.effective_area),
+        inside_fraction=_finite(res.inside_fraction),
+        local_fraction=_finite(res.local_fraction),
     )
+
+
+def _finite(value: float | None) -> float | None:
+    """``value`` as a float, or ``None`` for NaN/Inf/None (JSON has no NaN)."""
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def attributions_record(results: Mapping[str, AttributionResult | str]) -> AttributionsRecord:

@@ -20,6 +20,7 @@ from cnnviz.callbacks.probe import check_probe_argument
 from cnnviz.figures.activations import activation_mosaic, activations_figure
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.loggers import log_figure, wants_figures
+from cnnviz.recording import activations_record, predictions_record
 
 __all__ = ["ActivationMaps"]
 
@@ -191,23 +192,26 @@ class ActivationMaps(VizCallback):
         with cap:
             out = io.forward(self.target, probe.batch, x)
         if io.has_scores:
-            scores = io.scores_of(out).detach().float()
-            probs = torch.softmax(scores, dim=1).cpu().numpy()
-            self.write(
-                "predictions", {"probs": probs}, event, meta={"class_names": probe.class_names}
-            )
+            record = predictions_record(io.scores_of(out), class_names=probe.class_names)
+            self.put(record, event)
         figures = self.log_to_loggers and wants_figures(trainer.loggers)
         for name in names:
             r = cap.results.get(name)
             if r is None:
                 self.warn_once(f"call:{name}", f"layer {name} was not called by the forward pass")
                 continue
-            channels = r.channels.tolist()
-            maps = r.maps
+            chosen = None
             if first_strongest:
-                k = len(channels) if max_channels is None else min(max_channels, len(channels))
-                channels = sorted(torch.argsort(r.mean, descending=True)[:k].tolist())
-                maps = r.maps[:, channels]
+                count = len(r.channels)
+                k = count if max_channels is None else min(max_channels, count)
+                chosen = sorted(torch.argsort(r.mean, descending=True)[:k].tolist())
+            record = activations_record(
+                r,
+                readout=cap.readouts.get(name),
+                layer_type=type(self.target.get_submodule(name)).__name__,
+                channels=chosen,
+            )
+            channels = list(record.channels.tolist())
             self._channels.setdefault(name, channels)
             if r.nonfinite:
                 self.warn_once(
@@ -215,26 +219,8 @@ class ActivationMaps(VizCallback):
                     f"{name} produced {r.nonfinite} NaN/Inf values at {event.label}; they are "
                     "drawn blank",
                 )
-            maps_np = maps.float().numpy()
-            self.write(
-                "activations",
-                {
-                    "maps": maps_np,
-                    "channels": np.asarray(channels),
-                    "mean": r.mean.numpy(),
-                    "max": r.max.numpy(),
-                    "min": r.min.numpy(),
-                    "zero_fraction": r.zero_fraction.numpy(),
-                },
-                event,
-                layer=name,
-                meta={
-                    "shape": list(r.shape),
-                    "read_from": cap.sources[name],
-                    "nonfinite": r.nonfinite,
-                    "layer_type": type(self.target.get_submodule(name)).__name__,
-                },
-            )
+            maps_np = record.maps
+            self.put(record, event, layer=name)
             if self.log_to_loggers and trainer.loggers:
                 log_figure(
                     trainer.loggers,
@@ -255,6 +241,7 @@ class ActivationMaps(VizCallback):
 
 
 _DEFAULT_CHANNELS = 16
+
 
 #: Probe inputs whose maps go to image loggers (TensorBoard); the store and report have all.
 LOGGER_PROBE_IMAGES = 2

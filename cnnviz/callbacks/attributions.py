@@ -12,7 +12,7 @@ import torch
 from typing_extensions import override
 
 from cnnviz.analysis.modelio import ModelIO, Spec
-from cnnviz.callbacks.base import Event, VizCallback, guarded
+from cnnviz.callbacks.base import Event, VizCallback, check_count, guarded
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
 from cnnviz.callbacks.probe import Probe, check_probe_argument
 
@@ -50,6 +50,13 @@ class Attributions(VizCallback):
         num_probe: Probe size when taken from the data.
         layer: Grad-CAM layer (default: the last conv/pool layer with spatial output).
         check_method: Method for the randomisation check at the end (``None``: skip it).
+        check_steps: The check randomises every layer from the top down, and compares the maps
+            at most this many times, at evenly spaced depths (``None``: after every layer).
+        faithfulness: At each event, measure each method's deletion and insertion curves
+            (Petsiuk et al. 2018) on the probe images against random maps, so the report can
+            rank the methods for this model.
+        faithfulness_steps: Steps of those curves (the input removed or inserted in this many
+            equal parts).
         method_kwargs: Per-method Captum options, e.g.
             ``{"integrated_gradients": {"n_steps": 32}}``.
         memory_budget_mb: Memory one attribution pass may use (chooses internal batch sizes).
@@ -86,6 +93,9 @@ class Attributions(VizCallback):
         num_probe: int = DEFAULT_PROBE,
         layer: str | None = None,
         check_method: str | None = "grad_cam",
+        check_steps: int | None = 12,
+        faithfulness: bool = True,
+        faithfulness_steps: int = 16,
         method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         memory_budget_mb: float = 256,
         module: str | None = None,
@@ -152,7 +162,12 @@ class Attributions(VizCallback):
         self.probe = probe
         self.num_probe = num_probe
         self.layer = layer
+        check_count("Attributions", "check_steps", check_steps, allow_none=True)
+        check_count("Attributions", "faithfulness_steps", faithfulness_steps)
         self.check_method = check_method
+        self.check_steps = check_steps
+        self.faithfulness = bool(faithfulness)
+        self.faithfulness_steps = faithfulness_steps
         self.method_kwargs = {k: dict(v) for k, v in (method_kwargs or {}).items()}
         self.memory_budget_mb = memory_budget_mb
 
@@ -181,6 +196,12 @@ class Attributions(VizCallback):
             )
         return None
 
+    def _faith_cost(self, methods: Sequence[str]) -> float:
+        """Model evaluations of the faithfulness curves, in backward-pass units (about 1/3)."""
+        if not self.faithfulness:
+            return 0.0
+        return 2 * (self.faithfulness_steps + 1) * (len(methods) + 3) / 3
+
     def _cost(self, methods: Sequence[str]) -> int:
         total = 0
         for method in methods:
@@ -203,17 +224,23 @@ class Attributions(VizCallback):
         image_options = [n]
         if self.num_probe == DEFAULT_PROBE:
             image_options += [k for k in (4, 2) if k < n]
+        faith_options = [self.faithfulness] + ([False] if self.faithfulness else [])
         plans = []
         for count in image_options:
             for methods in method_options:
-                cuts = []
-                dropped = [m for m in self.methods if m not in methods]
-                if dropped:
-                    cuts.append(f"runs {', '.join(methods)} (drops {', '.join(dropped)})")
-                if count < n:
-                    cuts.append(f"explains {count} of {n} probe images")
-                units = count * (self._cost(methods) + 1)
-                plans.append(Plan({"methods": methods, "images": count}, units, tuple(cuts)))
+                for faith in faith_options:
+                    cuts = []
+                    dropped = [m for m in self.methods if m not in methods]
+                    if dropped:
+                        cuts.append(f"runs {', '.join(methods)} (drops {', '.join(dropped)})")
+                    if count < n:
+                        cuts.append(f"explains {count} of {n} probe images")
+                    if self.faithfulness and not faith:
+                        cuts.append("measures no deletion/insertion curves")
+                    extra = self._faith_cost(methods) if faith else 0.0
+                    units = count * (self._cost(methods) + 1 + extra)
+                    settings = {"methods": methods, "images": count, "faithfulness": faith}
+                    plans.append(Plan(settings, units, tuple(cuts)))
         plans.sort(key=lambda p: -p.units)
         return plans
 
@@ -261,6 +288,7 @@ class Attributions(VizCallback):
         shares: dict[str, list[float]] = {}
         targets: list[int] | None = None
         layers: dict[str, str] = {}
+        results: dict[str, Any] = {}
         for method in methods:
             try:
                 result = attribute(
@@ -274,6 +302,7 @@ class Attributions(VizCallback):
             except AttributionUnavailable as err:
                 unavailable[method] = err.reason
                 continue
+            results[method] = result
             a = result.attributions
             summed = a.sum(dim=1) if a.dim() == 4 else a
             maps[method] = summed.float().numpy()
@@ -298,9 +327,68 @@ class Attributions(VizCallback):
                 "notes": notes,
                 "unavailable": unavailable,
                 "layers": layers,
+                "input_kind": None if self.model_io is None else self.model_io.input_kind,
             },
         )
-        self.write("attribution_checks", None, event, meta={"mask_share": shares})
+        checks: dict[str, Any] = {
+            "mask_share": shares if probe.masks is not None else None,
+            "masks": probe.masks is not None,
+        }
+        if self.plan.settings.get("faithfulness", self.faithfulness) and results and targets:
+            checks["faithfulness"] = self._faithfulness(x, results, targets, common)
+        self.write("attribution_checks", None, event, meta=checks)
+        if self.log_to_loggers and trainer.loggers and maps and probe.display is not None:
+            from functools import partial
+
+            from cnnviz.loggers import log_figure
+
+            log_figure(
+                trainer.loggers,
+                "cnnviz/attributions",
+                step=event.step,
+                image=partial(_overlay_mosaic, probe.display[: len(x)], maps),
+                submit=self.store.submit,
+            )
+
+    def _faithfulness(
+        self,
+        x: torch.Tensor,
+        results: dict[str, Any],
+        targets: list[int],
+        common: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Deletion/insertion curves of each method against random maps (Petsiuk et al. 2018)."""
+        from cnnviz.analysis.faithfulness import deletion_insertion
+
+        res = deletion_insertion(
+            self.target,
+            x,
+            results,
+            target=torch.as_tensor(targets),
+            steps=self.faithfulness_steps,
+            forward=common.get("forward"),
+            memory_budget_mb=self.memory_budget_mb,
+        )
+
+        def curves(c: Any, score: float | None) -> dict[str, Any]:
+            return {
+                "deletion": c.deletion.mean(0).tolist(),
+                "insertion": c.insertion.mean(0).tolist(),
+                "deletion_auc": c.mean_deletion_auc,
+                "insertion_auc": c.mean_insertion_auc,
+                "score": score,
+            }
+
+        return {
+            "fractions": res.fractions.tolist(),
+            "methods": {m: curves(c, res.method_score(m)) for m, c in res.methods.items()},
+            "random": curves(res.random, 0.0),
+            "random_spread": float(res.random_deletion_auc.float().std()),
+            "ranking": [m for m, _ in res.ranking()],
+            "score": res.score,
+            "deletion_baseline": str(res.settings.get("deletion_baseline")),
+            "insertion_baseline": str(res.settings.get("insertion_baseline")),
+        }
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -329,6 +417,7 @@ class Attributions(VizCallback):
             layers = sum(
                 1 for m in self.target.modules() if next(m.parameters(False), None) is not None
             )
+            layers = min(layers, self.check_steps or layers)
             if left is not None and per_event is not None and per_event * layers > left:
                 self.note_cut(
                     "skips the end-of-fit randomisation check (no time left in its share)"
@@ -340,6 +429,7 @@ class Attributions(VizCallback):
                 self.target,
                 x,
                 self.check_method,
+                max_steps=self.check_steps,
                 **kwargs,
                 **self.method_kwargs.get(self.check_method, {}),
             )
@@ -374,3 +464,19 @@ def _slice_batch(value: Any, count: int) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_slice_batch(v, count) for v in value)
     return value
+
+
+def _overlay_mosaic(display: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows: probe images; columns: the image, then each method's map over it (TensorBoard)."""
+    from cnnviz.figures.images import image_mosaic
+
+    tiles = []
+    for i, image in enumerate(display):
+        rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+        tiles.append(rgb)
+        for a in maps.values():
+            heat = np.abs(a[i])
+            heat = heat / max(float(heat.max()), 1e-12)
+            red = np.stack([heat, np.zeros_like(heat), np.zeros_like(heat)], axis=-1)
+            tiles.append(np.clip(0.5 * rgb + 0.8 * red, 0, 1))
+    return image_mosaic(np.stack(tiles), columns=1 + len(maps))[0]

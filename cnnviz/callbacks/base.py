@@ -15,6 +15,7 @@ argument) raises — or everything, with ``strict=True`` (or the environment var
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import traceback
@@ -725,6 +726,22 @@ class VizCallback(Callback):
             **kw,
         )
 
+    def put(self, record: Any, event: Event, *, layer: str | None = None) -> None:
+        """Write a typed record (:mod:`cnnviz.store.records`) at ``event`` (rank zero only)."""
+        if self.store is None:
+            return
+        if self.session is not None:
+            self.session.records_written += 1
+        self.store.put_async(  # validated now, encoded and written off the training thread
+            record,
+            writer=self.state_key,
+            layer=layer,
+            epoch=event.epoch,
+            step=event.step,
+            event=event.tag,
+            label=event.label,
+        )
+
     def record_probe(self, trainer: pl.Trainer, probe: Probe) -> None:
         """Write ``probe`` to the store once: skipped when the store already holds the same inputs.
 
@@ -741,13 +758,18 @@ class VizCallback(Callback):
             stored = self.store.load(record).get("x")
             if stored is not None and stored.shape == x.shape and np.array_equal(stored, x):
                 return
-        arrays = {"x": x, "y": probe.y, "display": probe.display, "masks": probe.masks}
-        self.write(
-            "probe",
-            {k: v for k, v in arrays.items() if v is not None},
-            Event("start", trainer.current_epoch, trainer.global_step),
-            meta={"class_names": probe.class_names, "shape": list(probe.x.shape)},
+        from cnnviz.recording import probe_record
+
+        record = probe_record(
+            probe.x,
+            y=probe.y,
+            display=probe.display,
+            masks=probe.masks,
+            class_names=probe.class_names,
         )
+        if probe.vocabulary is not None:
+            record = dataclasses.replace(record, vocabulary=tuple(probe.vocabulary))
+        self.put(record, Event("start", trainer.current_epoch, trainer.global_step))
 
     @staticmethod
     def module_device(module: nn.Module) -> torch.device:

@@ -70,7 +70,7 @@ class FeatureVisualization(VizCallback):
         objective: Literal["mean", "center"] = "mean",
         param: Literal["fourier", "pixel"] = "fourier",
         steps: int = 256,
-        lr: float = 0.05,
+        lr: float = 0.15,
         seed: int = 0,
         store_dir: str | os.PathLike[str] | None = None,
         log_to_loggers: bool = True,
@@ -192,7 +192,7 @@ class FeatureVisualization(VizCallback):
     def log_event(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event: Event) -> None:
         if self.store is None:
             return
-        from cnnviz.analysis.featvis import visualize_channels
+        from cnnviz.analysis.featvis import visualize_layers
         from cnnviz.callbacks.progress import Progress
 
         assert self.model_io is not None
@@ -204,50 +204,80 @@ class FeatureVisualization(VizCallback):
         names = self.plan.settings.get("layers", [i.name for i in self.selected])
         max_channels = self.plan.settings.get("channels", self.max_channels)
         steps = self.plan.settings.get("steps", self.steps)
-        with Progress(trainer, "feature visualisation", total=len(names), unit="layer") as bar:
-            for done, name in enumerate(names):
-                if bar.stop_requested():
-                    self.warn_once(
-                        "stopped",
-                        f"stopped after {done} of {len(names)} layers: the trainer was asked to "
-                        "stop (SIGTERM); what was done is kept",
-                    )
-                    break
-                if name not in counts:
-                    continue
-                if self.channels is not None:
-                    chosen = [c for c in self.channels if c < counts[name]]
-                else:
-                    chosen = list(range(min(counts[name], max_channels)))
-                result = visualize_channels(
-                    self.target,
-                    name,
-                    chosen,
-                    input_shape=shape,
-                    objective=self.objective,
-                    mean=mean,
-                    std=std,
-                    param=self.param,
-                    steps=steps,
-                    lr=self.lr,
-                    seed=self.seed,
+        names = [n for n in names if n in counts]
+        channels: dict[str, list[int]] = {}
+        for name in names:
+            if self.channels is not None:
+                channels[name] = [c for c in self.channels if c < counts[name]]
+            else:
+                channels[name] = list(range(min(counts[name], max_channels)))
+        total = sum(-(-len(c) // max(1, len(c))) * steps for c in channels.values())
+        with Progress(trainer, "feature visualisation", total=total, unit="step") as bar:
+            done = [0]
+
+            def progress(count: int) -> None:
+                bar.update(count - done[0])
+                done[0] = count
+
+            results = visualize_layers(
+                self.target,
+                names,
+                channels,
+                input_shape=shape,
+                objective=self.objective,
+                mean=mean,
+                std=std,
+                param=self.param,
+                steps=steps,
+                lr=self.lr,
+                seed=self.seed,
+                should_stop=bar.stop_requested,
+                progress=progress,
+            )
+        if len(results) < len(names) or any(r.stopped for r in results.values()):
+            self.warn_once(
+                "stopped",
+                f"stopped after {len(results)} of {len(names)} layers: the trainer was asked "
+                "to stop (SIGTERM); what was done is kept",
+            )
+        for name, result in results.items():
+            if not len(result.channels):
+                continue
+            arrays: dict[str, Any] = {
+                "images": result.images.permute(0, 2, 3, 1).numpy(),
+                "activations": result.activations.numpy(),
+            }
+            readout = result.readout
+            conv = readout is not None and readout.kind == "conv"
+            self.write(
+                "featvis",
+                arrays,
+                event,
+                layer=name,
+                meta={
+                    "channels": list(result.channels),
+                    "objective": self.objective,
+                    "param": self.param,
+                    "steps": steps,
+                    "seconds": result.seconds,
+                    "stage": readout.stage if conv else None,
+                    "read_path": list(readout.path) if conv else [],
+                    "units": None if result.units is None else list(result.units),
+                    "units_reason": result.units_reason or None,
+                    "same_as": result.same_as,
+                    "stopped_at": result.stopped_at,
+                },
+            )
+            if self.log_to_loggers and trainer.loggers:
+                from functools import partial
+
+                from cnnviz.figures.images import image_mosaic
+                from cnnviz.loggers import log_figure
+
+                log_figure(
+                    trainer.loggers,
+                    f"cnnviz/featvis/{name}",
+                    step=event.step,
+                    image=partial(lambda a: image_mosaic(a)[0], arrays["images"]),
+                    submit=self.store.submit,
                 )
-                images, acts, chans = result.images, result.activations, result.channels
-                arrays: dict[str, Any] = {
-                    "images": images.permute(0, 2, 3, 1).numpy(),
-                    "activations": acts.numpy(),
-                }
-                self.write(
-                    "featvis",
-                    arrays,
-                    event,
-                    layer=name,
-                    meta={
-                        "channels": list(chans),
-                        "objective": self.objective,
-                        "param": self.param,
-                        "steps": steps,
-                        "seconds": result.seconds,
-                    },
-                )
-                bar.update(1)

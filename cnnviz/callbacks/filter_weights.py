@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from cnnviz.analysis.modelio import Spec
@@ -152,50 +150,31 @@ class FilterWeights(VizCallback):
         if self.store is None:
             self._grads.clear()
             return
+        from cnnviz.recording import filters_record
+
         figures = self.log_to_loggers and wants_figures(trainer.loggers)
         for info in self.selected:
-            weight = self.target.get_submodule(info.name).weight.detach()
-            # A copy: on the CPU ``.float().cpu().numpy()`` would alias the live parameter, and
-            # the kept previous state would change with it.
-            shown = self._slice(weight).to("cpu", torch.float32, copy=True).numpy()
-            norms = weight.flatten(1).float().norm(dim=1).cpu().numpy()
-            arrays: dict[str, Any] = {"weight": shown, "norms": norms}
             grad = self._grads.pop(info.name, None) if event.tag != "start" else None
-            if grad is not None:
-                arrays["grad"] = grad[0].float().cpu().numpy()
-                arrays["grad_norms"] = grad[1].float().cpu().numpy()
-            dead = norms < self.dead_tol
-            if "grad_norms" in arrays:
-                dead[: len(arrays["grad_norms"])] |= arrays["grad_norms"] == 0
-            prev = self._previous_weight(info.name)
-            unchanged: list[int] = []
-            if prev is not None and prev.shape == shown.shape:
-                change = np.abs(shown - prev).reshape(len(shown), -1).max(1)
-                scale = np.abs(prev).reshape(len(prev), -1).max(1) + 1e-12
-                unchanged = np.flatnonzero(change / scale < self.unchanged_tol).tolist()
-            self._previous[info.name] = shown
-            nonfinite = int((~np.isfinite(shown)).sum() + (~np.isfinite(norms)).sum())
-            if nonfinite:
-                rank_zero_warn(
-                    f"FilterWeights: {info.name} has {nonfinite} NaN/Inf weight values at "
-                    f"{event.label}; they are drawn blank"
-                )
-            self.write(
-                "filters",
-                arrays,
-                event,
-                layer=info.name,
-                meta={
-                    "channels": list(range(len(shown))),
-                    "full_shape": list(weight.shape),
-                    "rgb": info.name in self._rgb,
-                    "dead": np.flatnonzero(dead).tolist(),
-                    "unchanged": unchanged,
-                    "nonfinite": nonfinite,
-                    "layer_type": info.type,
-                    "bias": self.target.get_submodule(info.name).bias is not None,
-                },
+            record = filters_record(
+                info.name,
+                self.target.get_submodule(info.name),
+                max_channels=self.max_channels,
+                max_in_channels=self.max_in_channels,
+                rgb=info.name in self._rgb,
+                grad=grad,
+                previous=self._previous_weight(info.name),
+                dead_tol=self.dead_tol,
+                unchanged_tol=self.unchanged_tol,
             )
+            shown = record.weight
+            self._previous[info.name] = shown
+            if record.nonfinite:
+                self.warn_once(
+                    f"nan:{info.name}",
+                    f"{info.name} has {record.nonfinite} NaN/Inf weight values at "
+                    f"{event.label}; they are drawn blank",
+                )
+            self.put(record, event, layer=info.name)
             if self.log_to_loggers and trainer.loggers:
                 rgb = info.name in self._rgb
                 log_figure(

@@ -15,12 +15,10 @@ from typing_extensions import override
 from cnnviz.analysis.layer_table import LayerRow, layer_table
 from cnnviz.analysis.layers import select_layers
 from cnnviz.analysis.modelio import ModelIOError, Spec
-from cnnviz.analysis.parts import part_of, renamed
+from cnnviz.analysis.parts import part_of
 from cnnviz.analysis.receptive_field import (
     ReceptiveField,
-    ReceptiveFieldError,
     effective_receptive_field,
-    receptive_fields,
 )
 from cnnviz.callbacks.base import Event, VizCallback, check_count, spread
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
@@ -28,6 +26,12 @@ from cnnviz.callbacks.probe import Probe, check_probe_argument
 from cnnviz.figures.mosaic import normalise, to_uint8_rgb
 from cnnviz.figures.receptive_field import erf_figure
 from cnnviz.loggers import log_figure, wants_figures
+from cnnviz.recording import (
+    centre_unit,
+    erf_record,
+    layer_table_record,
+    receptive_field_record,
+)
 
 __all__ = ["ReceptiveFields"]
 
@@ -41,53 +45,6 @@ _ANALYSIS_ERRORS = (
     KeyError,
     AttributeError,
 )
-
-
-def _centre_unit(rf: ReceptiveField) -> tuple[int, ...]:
-    """The unit whose (unclipped) field is centred nearest the input's centre, per axis."""
-    unit = []
-    for a in range(rf.ndim):
-
-        def offset(i: int, a: int = a) -> float:
-            index = [0] * rf.ndim
-            index[a] = i
-            return abs(rf.center(*index, local=True)[a] - (rf.input_spatial[a] - 1) / 2)
-
-        unit.append(min(range(rf.output_spatial[a]), key=offset))
-    return tuple(unit)
-
-
-def _padding(pads: Sequence[Sequence[int]] | None) -> list[Any] | None:
-    if pads is None:
-        return None
-    return [p[0] if p[0] == p[1] else list(p) for p in pads]
-
-
-def _table_row(row: LayerRow, rf: ReceptiveField | None) -> dict[str, Any]:
-    """A ``layer_table`` row in the store format (docs/store-format.md)."""
-    return {
-        "name": row.name,
-        "type": row.type,
-        "kind": row.kind,
-        "input_shape": list(row.input_shape),
-        "output_shape": list(row.output_shape),
-        "kernel": None if row.kernel_size is None else list(row.kernel_size),
-        "stride": None if row.stride is None else list(row.stride),
-        "padding": _padding(row.padding),
-        "dilation": None if row.dilation is None else list(row.dilation),
-        "output_arithmetic": row.output_arithmetic,
-        "weights_arithmetic": row.params_arithmetic,
-        "params": row.params,
-        "fits": row.fits,
-        "rf_size": None if rf is None else list(rf.size),
-        "rf_jump": None if rf is None else list(rf.jump),
-        "rf_start": None if rf is None else list(rf.start),
-    }
-
-
-def _as_2d(box: Sequence[int]) -> list[int]:
-    """A 1-D region ``(start, stop)`` as ``(0, 1, start, stop)`` on a 1-row map."""
-    return [0, 1, *box] if len(box) == 2 else list(box)
 
 
 class ReceptiveFields(VizCallback):
@@ -321,39 +278,15 @@ class ReceptiveFields(VizCallback):
         return self.model_io is None or self.model_io.call == "input"
 
     def _parts(self, probe: Probe | None) -> list[str]:
-        """The outermost submodules called with the input itself (found once)."""
-        if self._input_parts is None:
-            self._input_parts = []
-            if probe is not None and self.model_io is not None:
-                from cnnviz.analysis.parts import input_parts
-
-                io, target = self.model_io, self.target
-                x = self.probe_inputs()[:1]
-                try:
-                    self._input_parts = input_parts(
-                        target, x, lambda: io.forward(target, probe.batch, x)
-                    )
-                except _ANALYSIS_ERRORS as err:
-                    self._warn("parts", f"could not find the parts that see the input: {err}")
-        return self._input_parts
+        """The parts of the module analysed instead of the whole (empty: the whole)."""
+        return self._input_parts or []
 
     def _fields(self, shape: tuple[int, ...], probe: Probe | None) -> dict[str, ReceptiveField]:
         """Receptive fields of the whole model, else of its parts that see the input."""
-        first: Exception | None = None
-        if self._whole():
-            try:
-                return receptive_fields(self.target, shape)
-            except (ReceptiveFieldError, *_ANALYSIS_ERRORS) as err:
-                first = err
-                self._whole_failed = True
-        fields: dict[str, ReceptiveField] = {}
-        for part in self._parts(probe):
-            try:
-                sub = receptive_fields(self.target.get_submodule(part), shape)
-            except (ReceptiveFieldError, *_ANALYSIS_ERRORS) as err:
-                first = first or err
-                continue
-            fields.update({f"{part}.{k}": renamed(v, f"{part}.") for k, v in sub.items()})
+        assert self.session is not None
+        fields, first, parts = self.session.fields(self.target, shape, probe, self.model_io)
+        self._input_parts = parts
+        self._whole_failed = bool(parts) or first is not None
         if not fields:
             why = first or "the model's forward takes the whole batch"
             self._warn(
@@ -361,18 +294,18 @@ class ReceptiveFields(VizCallback):
                 f"no theoretical receptive fields for this model: {why}. Pass `module=` for the "
                 "submodule that takes the input tensor",
             )
-        elif first is not None or not self._whole():
+        elif parts:
             self._warn(
                 "rf-parts",
-                f"receptive fields of {', '.join(self._parts(probe))} only (the parts that see "
-                f"the input): the whole module cannot be traced ({first or 'batch forward'})",
+                f"receptive fields of {', '.join(parts)} only (the parts that see the input): "
+                f"the whole module cannot be traced ({first or 'its forward takes the batch'})",
             )
         return fields
 
     def _unit_for(self, name: str, rf: ReceptiveField) -> tuple[int, ...]:
         wanted = self.unit.get(name) if isinstance(self.unit, dict) else self.unit
         if wanted is None:
-            return _centre_unit(rf)
+            return centre_unit(rf)
         if len(wanted) != rf.ndim or not all(
             i < n for i, n in zip(wanted, rf.output_spatial, strict=True)
         ):
@@ -401,8 +334,7 @@ class ReceptiveFields(VizCallback):
         if not rows and error is not None:
             self._warn("table", f"no layer table for input shape {shape}: {error}")
         if rows:
-            table = [_table_row(r, self._rfs.get(r.name)) for r in rows]
-            self.write("layer_table", None, event, meta={"rows": table})
+            self.put(layer_table_record(rows, self._rfs), event)
         display = probe.display if probe is not None else None
         for info in self.selected:
             rf = self._rfs.get(info.name)
@@ -410,26 +342,7 @@ class ReceptiveFields(VizCallback):
                 continue
             unit = self._units.setdefault(info.name, self._unit_for(info.name, rf))
             image = display[0] if display is not None and rf.ndim == 2 else None
-            self.write(
-                "receptive_field",
-                None if image is None else {"region_image": image},
-                event,
-                layer=info.name,
-                meta={
-                    "size": list(rf.size),
-                    "jump": list(rf.jump),
-                    "start": list(rf.start),
-                    "padding": list(rf.padding),
-                    "unit": list(unit),
-                    "region": list(rf.region(*unit)),
-                    "region_unclipped": list(rf.region(*unit, clip=False)),
-                    "misaligned": rf.misaligned,
-                    "misaligned_at": list(rf.misaligned_at),
-                    "exact": rf.exact,
-                    "layer_type": rf.type,
-                    "output_shape": list(rf.output_shape),
-                },
-            )
+            self.put(receptive_field_record(rf, unit=unit, image=image), event, layer=info.name)
 
     def _write_erf(self, trainer: pl.Trainer, event: Event, probe: Probe) -> None:
         count = int(self.plan.settings.get("images", len(probe.x)))
@@ -451,36 +364,18 @@ class ReceptiveFields(VizCallback):
                     )
                     continue
                 model, local_name = self.target.get_submodule(part), name[len(part) + 1 :]
+            theo = None
+            if rf is not None:
+                theo = rf if model is self.target else dataclasses.replace(rf, name=local_name)
             try:
-                res = effective_receptive_field(model, local_name, x, unit=unit)
+                res = effective_receptive_field(model, local_name, x, unit=unit, theoretical=theo)
             except _ANALYSIS_ERRORS as err:
                 self._warn(f"erf:{name}", f"no effective receptive field for {name!r}: {err}")
                 continue
-            emap = res.map.numpy()
-            one_d = emap.ndim == 1
-            emap = emap[None] if one_d else emap
-            theo = res.theoretical
-            region = None if theo is None else _as_2d(theo.region(*res.unit))
-            self.write(
-                "erf",
-                {"map": emap},
-                event,
-                layer=name,
-                meta={
-                    "radius": res.radius,
-                    "sigma": [0.0, *res.sigma] if one_d else list(res.sigma),
-                    "ratio": res.ratio,
-                    "theoretical": region,
-                    "region": region,
-                    "theoretical_size": None if theo is None else list(theo.size),
-                    "effective_size": res.effective_size,
-                    "unit": list(res.unit),
-                    "centroid": [0.0, *res.centroid] if one_d else list(res.centroid),
-                    "mass_fraction": res.mass_fraction,
-                    "num_images": res.num_images,
-                    "note": res.note,
-                },
-            )
+            record = erf_record(res)
+            emap = record.map
+            region = None if record.region is None else list(record.region)
+            self.put(record, event, layer=name)
             if self.log_to_loggers and trainer.loggers:
                 log_figure(
                     trainer.loggers,

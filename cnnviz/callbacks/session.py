@@ -293,6 +293,52 @@ class RunSession:
             cache.update(find_readouts(target, lambda: io.forward(target, probe.batch, x), missing))
         return {n: cache[n] for n in names}
 
+    def fields(
+        self,
+        target: nn.Module,
+        shape: tuple[int, ...],
+        probe: Probe | None,
+        io: ModelIO | None,
+    ) -> tuple[dict[str, Any], Exception | None, list[str]]:
+        """Receptive fields for ``shape`` (once per fit, shared by the callbacks).
+
+        Of the whole module when its forward takes the input tensor and can be traced, else of
+        the parts of it that see the input (:mod:`cnnviz.analysis.parts`).
+
+        Returns:
+            ``(fields by layer, the error that stopped the whole trace or None, the parts
+            used — empty when the whole module was traced)``.
+        """
+        key = ("fields", id(target), tuple(shape))
+        if key not in self._readouts:
+            from cnnviz.analysis.parts import input_parts, renamed
+            from cnnviz.analysis.receptive_field import receptive_fields
+
+            errors = (ValueError, RuntimeError, TypeError, NotImplementedError, LookupError)
+            first: Exception | None = None
+            found: dict[str, Any] = {}
+            parts: list[str] = []
+            if io is None or io.call == "input":
+                try:
+                    found = receptive_fields(target, shape)
+                except errors as err:
+                    first = err
+            if not found and probe is not None and io is not None:
+                x = cast_input(probe.x[:1], target)
+                try:
+                    parts = input_parts(target, x, lambda: io.forward(target, probe.batch, x))
+                except errors as err:
+                    first = first or err
+                for part in parts:
+                    try:
+                        sub = receptive_fields(target.get_submodule(part), shape)
+                    except errors as err:
+                        first = first or err
+                        continue
+                    found.update({f"{part}.{k}": renamed(v, f"{part}.") for k, v in sub.items()})
+            self._readouts[key] = (found, first, parts)
+        return self._readouts[key]
+
     def report_reserve(self, trainer: pl.Trainer) -> float:
         """Seconds to keep for the report built at the end (none when no report is built)."""
         from cnnviz.callbacks.report import Report

@@ -550,20 +550,16 @@ class TopActivations(VizCallback):
         return self._interior[name]
 
     def _fields_by_parts(self, input_shape: tuple[int, ...]) -> dict[str, ReceptiveField]:
-        """Fields of the whole module, else of its parts that see the input (see parts.py)."""
-        from cnnviz.analysis.parts import receptive_fields_by_parts
-
-        io, probe = self.model_io, self._probe
-        if io is None or probe is None or tuple(probe.x.shape[1:]) != tuple(input_shape):
+        """Fields of the whole module, else of its parts that see the input (shared, once)."""
+        if self.session is None:
             return receptive_fields(self.target, input_shape)
-        target, x = self.target, self.probe_inputs()[:1]
-        return receptive_fields_by_parts(
-            target,
-            input_shape,
-            x,
-            lambda: io.forward(target, probe.batch, x),
-            whole=io.call == "input",
-        )
+        probe = self._probe
+        if probe is not None and tuple(probe.x.shape[1:]) != tuple(input_shape):
+            probe = None
+        fields, first, _ = self.session.fields(self.target, input_shape, probe, self.model_io)
+        if not fields:
+            raise ReceptiveFieldError(str(first or "no part of the model takes the input"))
+        return fields
 
     def _field(self, name: str, input_shape: tuple[int, ...]) -> ReceptiveField | None:
         if input_shape not in self._rf_cache:
@@ -601,16 +597,23 @@ class TopActivations(VizCallback):
             "k": kk,
             "num_channels": self._full_channels.get(name, top.num_channels),
             "read_from": self._readouts[name].source if name in self._readouts else name,
+            "interior_only": self.interior_only,
             "layer_type": type(self.target.get_submodule(name)).__name__,
             "rf_size": None if rf is None else list(rf.size),
         }
+        readout = self._readouts.get(name)
+        if readout is not None and readout.kind == "conv":
+            meta["stage"] = readout.stage
         if rf is None:
             return arrays, meta
         arrays["padding"] = _padding_share(rf, positions, samples)
         tokens = not raw.is_floating_point()
         pad = -1.0 if tokens else self.pad_value
         try:
-            crops = [top.patches(c, rf, get_image, pad_value=pad) for c in range(len(values))]
+            crops = [
+                top.patches(c, rf, get_image, pad_value=pad, max_size=self.max_patch_size)
+                for c in range(len(values))
+            ]
         except ValueError as err:  # e.g. inputs of varying size: the field does not match
             self._warn(f"patch:{name}", f"no patches for {name!r}: {err}")
             return arrays, meta
@@ -621,7 +624,9 @@ class TopActivations(VizCallback):
             arrays["tokens"] = out
             meta["tokens"] = True
             return arrays, meta
-        arrays["patches"], meta["patch_scale"] = self._stack(crops, kk)
+        arrays["patches"], scale = self._stack(crops, kk)
+        # the crops were downsampled as they were cut (topk.patches); the stack may add more
+        meta["patch_scale"] = scale * crops[0].shape[-1] / rf.size[-1]
         return arrays, meta
 
     def _stack(self, crops: list[torch.Tensor], kk: int) -> tuple[np.ndarray, float]:

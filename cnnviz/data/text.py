@@ -249,6 +249,14 @@ class SentenceDataModule(CnnvizDataModule):
             "input_size": self.seq_len,
         }
 
+    @property
+    def vocab(self) -> list[str]:
+        """Word of every token id (``<pad>``, ``k0`` .. ``k15``, ``w17`` ...).
+
+        The report shows token attributions on these words.
+        """
+        return [_word(t) for t in range(self.vocab_size)]
+
     def decode(self, tokens: Tensor) -> list[str]:
         """Map a 1-D tensor of token ids to words (see :attr:`SentenceDataset.vocab`)."""
         return [_word(int(t)) for t in tokens]

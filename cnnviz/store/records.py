@@ -36,6 +36,8 @@ __all__ = [
     "ErfRecord",
     "ErrorRecord",
     "Event",
+    "Faithfulness",
+    "FaithfulnessCurves",
     "FeatvisRecord",
     "FiltersRecord",
     "Header",
@@ -606,12 +608,62 @@ class Randomisation:
 
 
 @dataclass(frozen=True)
+class FaithfulnessCurves:
+    """Deletion and insertion curves of one ordering, averaged over the probe images.
+
+    Attributes:
+        deletion: Score of the explained class with the first ``fractions[k]`` of the input
+            removed (most attributed first).
+        insertion: Score with the first ``fractions[k]`` of the input put into a blank image.
+        deletion_auc: Area under the deletion curve (lower: more faithful).
+        insertion_auc: Area under the insertion curve (higher: more faithful).
+        score: ``(random deletion AUC - deletion AUC) + (insertion AUC - random insertion
+            AUC)``: 0 is what a random map scores, higher is more faithful.
+    """
+
+    deletion: tuple[float, ...] = ()
+    insertion: tuple[float, ...] = ()
+    deletion_auc: float | None = None
+    insertion_auc: float | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Deletion/insertion faithfulness of each method (Petsiuk et al. 2018) against random maps.
+
+    Attributes:
+        fractions: Share of the input removed or inserted at each step.
+        methods: Method to its curves.
+        random: Random orderings' curves (averaged over draws).
+        random_spread: Standard deviation of the random deletion AUC over draws and images
+            (how far apart two random maps land).
+        ranking: Methods, most faithful first.
+        score: What the curves measure (``probability`` of the explained class, or ``logit``).
+        deletion_baseline: What removed pixels become.
+        insertion_baseline: The blank image pixels are inserted into.
+    """
+
+    fractions: tuple[float, ...] = ()
+    methods: dict[str, FaithfulnessCurves] = field(default_factory=dict)
+    random: FaithfulnessCurves | None = None
+    random_spread: float | None = None
+    ranking: tuple[str, ...] = ()
+    score: str = "probability"
+    deletion_baseline: str | None = None
+    insertion_baseline: str | None = None
+
+
+@dataclass(frozen=True)
 class AttributionChecksRecord(StoreRecord):
-    """Sanity checks of the attributions.
+    """Sanity and faithfulness checks of the attributions.
 
     Attributes:
         randomisation: The randomisation check (at train end).
-        mask_share: Method to ``[share inside the mask, mask area share]``.
+        mask_share: Method to ``[share inside the mask, mask area share]`` (data with object
+            masks only).
+        faithfulness: Deletion and insertion curves per method, against random maps.
+        masks: Whether the probe data has object masks (the mask check ran).
     """
 
     KIND: ClassVar[str] = "attribution_checks"
@@ -619,6 +671,8 @@ class AttributionChecksRecord(StoreRecord):
 
     randomisation: Randomisation | None = None
     mask_share: dict[str, tuple[float, ...]] | None = None
+    faithfulness: Faithfulness | None = None
+    masks: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -633,6 +687,12 @@ class FeatvisRecord(StoreRecord):
         param: The image parametrisation.
         steps: Optimisation steps.
         seconds: Time taken.
+        stage: Where a conv layer's objective was read (see ``activations``).
+        read_path: The steps from the conv to the tensor read.
+        units: The output positions averaged (top, bottom, left, right), half-open.
+        units_reason: Why those units (interior units: their field lies inside the image).
+        same_as: The layer whose images these are (this layer's would be the same).
+        stopped_at: Steps done when the run was stopped (SIGTERM); ``null`` when complete.
     """
 
     KIND: ClassVar[str] = "featvis"
@@ -646,6 +706,12 @@ class FeatvisRecord(StoreRecord):
     param: str | None = None
     steps: int | None = None
     seconds: float | None = None
+    stage: str | None = None
+    read_path: tuple[str, ...] = ()
+    units: tuple[int, ...] | None = None
+    units_reason: str | None = None
+    same_as: str | None = None
+    stopped_at: int | None = None
 
 
 @dataclass(frozen=True)

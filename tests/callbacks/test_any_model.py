@@ -316,3 +316,41 @@ def test_compiled_models_build_no_extra_graphs(tmp_path, form) -> None:
     assert watched == plain, f"{watched} dynamo graphs with cnnviz, {plain} without"
     assert all("_orig_mod" not in (r.layer or "") for r in store.records())
     assert store.records("activations") and store.records("topk") and store.records("featvis")
+
+
+def test_kim_cnn_on_token_ids_gets_per_token_attributions(tmp_path) -> None:
+    """The lecture's sentence CNN: token ids in, attributions per token through the embedding."""
+    import numpy as np
+
+    from cnnviz.data import SentenceDataModule
+    from cnnviz.module import CaseStudyModule
+
+    dm = SentenceDataModule(vocab_size=200, seq_len=32, num_train=64, num_val=16, batch_size=16)
+    module = CaseStudyModule(
+        "kim_cnn", model_kwargs={"embed_dim": 16}, data_info=dm.model_kwargs, scheduler="none"
+    )
+    cbs = [
+        ActivationMaps(num_probe=4),
+        Attributions(
+            methods=["saliency", "integrated_gradients", "input_x_gradient"],
+            num_probe=4,
+            check_method=None,
+        ),
+    ]
+    trainer = make_trainer(tmp_path, cbs, max_epochs=1)
+    trainer.fit(module, datamodule=dm)
+    store = RunStore(tmp_path / "cnnviz")
+    (probe,) = store.records("probe")
+    assert probe.meta["vocabulary"][:2] == ["<pad>", "k0"]
+    ids = store.load(probe)["x"]
+    assert ids.shape == (4, 32) and ids.dtype.kind == "i"
+    rec = store.records("attributions")[-1]
+    assert rec.meta["input_kind"] == "tokens"
+    maps = store.load(rec)
+    assert set(rec.meta["methods"]) == {"saliency", "integrated_gradients", "input_x_gradient"}
+    for name, a in maps.items():
+        assert a.shape == (4, 32) and np.isfinite(a).all(), name
+    # padding (id 0) carries no evidence for gradient x input: its embedding is the zero vector
+    pad = ids == 0
+    if pad.any():
+        assert np.allclose(maps["input_x_gradient"][pad], 0, atol=1e-6)

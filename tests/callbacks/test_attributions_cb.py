@@ -5,7 +5,14 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from cnnviz_test_helpers import LeakCheck, case_module, make_bn_net, make_loaders, make_trainer
+from cnnviz_test_helpers import (
+    LeakCheck,
+    case_module,
+    make_bn_net,
+    make_lenet,
+    make_loaders,
+    make_trainer,
+)
 
 from cnnviz.analysis.guard import hook_count
 from cnnviz.callbacks import ActivationMaps, Attributions, FilterWeights
@@ -156,3 +163,25 @@ def test_trained_and_untrained_models_are_told_apart_on_shapes(tmp_path):
     assert rand, "the randomisation check runs at the end of training"
     corr = rand[-1].meta["randomisation"]["spearman"]
     assert max(abs(c) for c in corr) < 0.5, corr  # randomised weights change Grad-CAM maps
+
+
+def test_faithfulness_curves_are_recorded_and_rank_the_methods(tmp_path) -> None:
+    train, val = make_loaders()
+    cb = Attributions(
+        methods=["saliency", "grad_cam"], num_probe=4, faithfulness_steps=8, check_method=None
+    )
+    make_trainer(tmp_path, [cb], max_epochs=1).fit(case_module(make_lenet()), train, val)
+    store = RunStore(tmp_path / "cnnviz")
+    checks = [r for r in store.records("attribution_checks") if r.meta.get("faithfulness")]
+    assert [r.meta["label"] for r in checks] == ["start", "epoch 1"]
+    faith = checks[-1].meta["faithfulness"]
+    assert (
+        len(faith["fractions"]) == 9 and faith["fractions"][0] == 0 and faith["fractions"][-1] == 1
+    )
+    assert sorted(faith["ranking"]) == ["grad_cam", "saliency"]
+    scores = [faith["methods"][m]["score"] for m in faith["ranking"]]
+    assert scores == sorted(scores, reverse=True)  # most faithful first
+    for curves in [*faith["methods"].values(), faith["random"]]:
+        assert len(curves["deletion"]) == len(curves["insertion"]) == 9
+        assert 0 <= curves["deletion_auc"] <= 1 and 0 <= curves["insertion_auc"] <= 1
+    assert checks[-1].meta["masks"] is False and checks[-1].meta["mask_share"] is None

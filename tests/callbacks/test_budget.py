@@ -191,14 +191,23 @@ def test_attributions_drop_the_costliest_methods_first() -> None:
             "grad_cam",
         ],
         "images": 8,
+        "faithfulness": True,
     }
-    assert cb.cost.estimate(full.units) == pytest.approx(0.25 * 8 * (1 + 50 + 16 + 1 + 1 + 1))
+    # one backward per image and method (IG: 50 steps, SmoothGrad: 16), one forward, and the
+    # faithfulness curves: 2 x 17 forwards (about a third of a backward) per method and per
+    # each of 3 random orderings
+    faith = 2 * 17 * (5 + 3) / 3
+    assert cb.cost.estimate(full.units) == pytest.approx(
+        0.25 * 8 * (1 + 50 + 16 + 1 + 1 + 1 + faith)
+    )
     allowance = ns.budget.allowance(cb.state_key, steps_done=0, events_left=11)
     plan = ns.budget.choose(plans, cb.cost, allowance)
     assert plan is not None
-    assert "integrated_gradients" not in plan.settings["methods"]
     assert cb.cost.estimate(plan.units) <= allowance
+    assert "integrated_gradients" not in plan.settings["methods"]
     assert any("drops integrated_gradients" in cut for cut in plan.cuts)
+    assert not plan.settings["faithfulness"]  # the curves go before the maps do
+    assert "measures no deletion/insertion curves" in plan.cuts
 
 
 def test_top_activations_of_a_deep_net_watch_fewer_layers_and_channels() -> None:

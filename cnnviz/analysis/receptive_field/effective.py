@@ -233,6 +233,7 @@ def effective_receptive_field(
     unit: Sequence[int] | None = None,
     mass_fraction: float = 0.9,
     batch_size: int | None = None,
+    theoretical: ReceptiveField | None = None,
 ) -> ERFResult:
     """Effective receptive field of ``layer``'s centre unit over ``probe`` inputs.
 
@@ -255,6 +256,8 @@ def effective_receptive_field(
         mass_fraction: The share of the gradient mass that :attr:`ERFResult.effective_area`
             and :attr:`ERFResult.radius` hold.
         batch_size: Process the probe in chunks of this many inputs (default: all at once).
+        theoretical: The layer's theoretical field, when known (e.g. from one call of
+            :func:`receptive_fields` for many layers); default: computed here (a trace).
 
     Returns:
         An :class:`ERFResult` with the map and its summary.
@@ -283,14 +286,19 @@ def effective_receptive_field(
         raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}")
     tokens = not probe.is_floating_point()
     input_size = tuple(probe.shape[1:])
-    theoretical: ReceptiveField | None = None
     note = ""
-    try:
-        theoretical = receptive_fields(model, input_size).get(name)
-        if theoretical is None:
-            note = f"{name!r} is not a conv or pooling layer"
-    except ReceptiveFieldError as exc:
-        note = f"no theoretical receptive field: {exc}"
+    if theoretical is not None and tuple(theoretical.input_shape) != input_size:
+        raise ValueError(
+            f"`theoretical` is the field for input {tuple(theoretical.input_shape)}, but the "
+            f"probe's input is {input_size}"
+        )
+    if theoretical is None:
+        try:
+            theoretical = receptive_fields(model, input_size).get(name)
+            if theoretical is None:
+                note = f"{name!r} is not a conv or pooling layer"
+        except ReceptiveFieldError as exc:
+            note = f"no theoretical receptive field: {exc}"
     n = probe.shape[0]
     step = n if batch_size is None else int(batch_size)
     total: torch.Tensor | None = None
