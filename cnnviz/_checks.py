@@ -13,6 +13,11 @@ from typing import Any
 __all__ = ["check_choice", "check_count", "check_flag", "check_int", "check_number", "prefix"]
 
 
+def _got(value: Any) -> str:
+    """``float 2.0``: what was given, with its type (for type errors)."""
+    return f"{type(value).__name__} {value!r}"
+
+
 def prefix(owner: str | None) -> str:
     """``"Owner: "`` or ``""``."""
     return f"{owner}: " if owner else ""
@@ -44,7 +49,7 @@ def check_int(
     if allow_none:
         expected += " or None"
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{prefix(owner)}`{argument}` must be {expected}; got {value!r}")
+        raise TypeError(f"{prefix(owner)}`{argument}` must be {expected}; got {_got(value)}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{prefix(owner)}`{argument}` must be {expected}; got {value!r}")
     return value
@@ -61,7 +66,7 @@ def check_count(owner: str | None, argument: str, value: Any, *, allow_none: boo
         return None
     expected = "a positive int or None" if allow_none else "a positive int"
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{prefix(owner)}`{argument}` must be {expected}; got {value!r}")
+        raise TypeError(f"{prefix(owner)}`{argument}` must be {expected}; got {_got(value)}")
     if value < 1:
         raise ValueError(f"{prefix(owner)}`{argument}` must be {expected}; got {value!r}")
     return value

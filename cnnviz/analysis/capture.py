@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz._checks import check_count
 from cnnviz.analysis.guard import observe
 from cnnviz.analysis.layers import CONV_TYPES
 from cnnviz.analysis.readout import Readout, ReadoutHooks, find_readouts, raw_readout
@@ -101,12 +102,7 @@ def channel_stats(output: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _check_size(argument: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"`{argument}` must be a positive int or None; got {value!r}")
-    if value < 1:
-        raise ValueError(f"`{argument}` must be a positive int or None; got {value}")
+    check_count(None, argument, value, allow_none=True)
 
 
 def _downsample(maps: torch.Tensor, max_size: int | None) -> torch.Tensor:

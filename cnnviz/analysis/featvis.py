@@ -142,6 +142,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from cnnviz._checks import check_int
 from cnnviz.analysis.guard import HookSet, model_devices, observe
 from cnnviz.analysis.readout import Readout, ReadoutHooks, find_readouts
 
@@ -270,11 +271,7 @@ class _Stop(Exception):
 
 
 def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{_OWNER}: `{name}` must be an int; got {type(value).__name__}.")
-    if value < low:
-        raise ValueError(f"{_OWNER}: `{name}` must be >= {low}; got {value}.")
-    return value
+    return int(check_int(_OWNER, name, value, low=low))  # type: ignore[arg-type]
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnviz._checks import check_int
 from cnnviz.analysis.guard import HookSet, observe
 from cnnviz.analysis.layers import CONV_TYPES, POOL_TYPES
 from cnnviz.analysis.receptive_field import ReceptiveField, receptive_fields, shape_run
@@ -36,11 +37,7 @@ _ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, n
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}")
-    return value
+    return int(check_int(None, name, value, low=minimum))  # type: ignore[arg-type]
 
 
 def _fmt(x: float) -> str:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from cnnviz._checks import check_int
 from cnnviz.analysis.receptive_field import ReceptiveField
 
 __all__ = ["TopKActivations", "TopKEntry", "crop_patch"]
@@ -47,11 +48,7 @@ def _order_key(values: torch.Tensor) -> torch.Tensor:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}")
-    return value
+    return int(check_int(None, name, value, low=minimum))  # type: ignore[arg-type]
 
 
 class TopKActivations:

@@ -146,8 +146,7 @@ class Attributions(VizCallback):
             raise ValueError(
                 f"Attributions: `target` must be 'pred', 'label' or a class index; got {target!r}"
             )
-        if not isinstance(num_probe, int) or num_probe < 1:
-            raise ValueError(f"Attributions: `num_probe` must be a positive int; got {num_probe!r}")
+        check_count("Attributions", "num_probe", num_probe)
         extra = set(method_kwargs or {}) - set(methods)
         if extra:
             raise ValueError(

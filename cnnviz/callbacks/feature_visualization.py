@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from typing_extensions import override
 
+from cnnviz._checks import check_count, check_number
 from cnnviz.analysis.modelio import ModelIO, Spec
 from cnnviz.callbacks.base import Event, VizCallback, spread
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
@@ -99,14 +100,9 @@ class FeatureVisualization(VizCallback):
             raise ValueError(
                 f"FeatureVisualization: `param` must be 'fourier' or 'pixel'; got {param!r}"
             )
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"FeatureVisualization: `steps` must be a positive int; got {steps!r}")
-        if not lr > 0:
-            raise ValueError(f"FeatureVisualization: `lr` must be > 0; got {lr!r}")
-        if not isinstance(max_channels, int) or max_channels < 1:
-            raise ValueError(
-                f"FeatureVisualization: `max_channels` must be a positive int; got {max_channels!r}"
-            )
+        check_count("FeatureVisualization", "steps", steps)
+        check_number("FeatureVisualization", "lr", lr, low=0, low_open=True)
+        check_count("FeatureVisualization", "max_channels", max_channels)
         if channels is not None and (
             isinstance(channels, (str, int))
             or not all(isinstance(c, int) and c >= 0 for c in channels)

@@ -18,6 +18,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from cnnviz._checks import check_int as check_int_
+
 __all__ = [
     "SPLITS",
     "CnnvizDataModule",
@@ -57,12 +59,7 @@ def check_int(owner: str, name: str, value: Any, minimum: int, maximum: int | No
         TypeError: If ``value`` is not an int (``bool`` is rejected).
         ValueError: If ``value`` is out of range.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: `{name}` must be an int; got {type(value).__name__} {value!r}.")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ValueError(f"{owner}: `{name}` must be an int {bound}; got {value}.")
-    return value
+    return int(check_int_(owner, name, value, low=minimum, high=maximum))  # type: ignore[arg-type]
 
 
 def check_float(

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnviz._checks import check_count
+
 __all__ = [
     "InputCheckMixin",
     "check_choice",
@@ -55,11 +57,7 @@ def check_positive_int(owner: str, name: str, value: Any) -> int:
         TypeError: If ``value`` is not an integer (``bool`` is rejected).
         ValueError: If ``value`` < 1.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: `{name}` must be an int; got {type(value).__name__} {value!r}.")
-    if value < 1:
-        raise ValueError(f"{owner}: `{name}` must be a positive int; got {value}.")
-    return value
+    return int(check_count(owner, name, value))
 
 
 def check_positive_float(owner: str, name: str, value: Any) -> float:

@@ -170,7 +170,7 @@ def test_class_subset() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"image_size": 27}, ValueError, "`image_size`.*28 and 224"),
+        ({"image_size": 27}, ValueError, "`image_size` must be an int >= 28 and <= 224; got 27"),
         ({"image_size": 225}, ValueError, "`image_size`"),
         ({"image_size": 32.0}, TypeError, "`image_size`"),
         ({"channels": 2}, ValueError, "`channels`"),
