@@ -216,15 +216,24 @@ def observe(
     # Module.__setattr__'s parameter/buffer/module checks: this guard runs at every analysis call.
     modes: list[tuple[nn.Module, bool]] = []
     inplace: list[tuple[nn.Module, bool]] = []
-    for m in model.modules():
+    params: list[torch.nn.Parameter] = []
+    seen: set[int] = set()
+    devices: set[torch.device] = set()
+    for m in model.modules():  # one walk: modes, in-place flags, parameters, devices
         modes.append((m, m.training))
         flag = m.__dict__.get("inplace")
         if isinstance(flag, bool):
             inplace.append((m, flag))
-    params = list(model.parameters())
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:  # shared parameters once
+                seen.add(id(p))
+                params.append(p)
+                devices.add(p.device)
+        for b in m._buffers.values():
+            if b is not None:
+                devices.add(b.device)
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    devices = {p.device for p in params} | {b.device for b in model.buffers()}
     cuda = _cuda_indices([*devices, *extra_devices])
     stack = contextlib.ExitStack()
     try:
