@@ -188,8 +188,11 @@ def test_zoo_reports_open_without_console_errors() -> None:
                 height = page.evaluate("document.body.scrollHeight")
                 for y in range(0, int(height) + 900, 900):  # figures draw as they come into view
                     page.evaluate(f"window.scrollTo(0, {y})")
-                    page.wait_for_timeout(50)
-                page.wait_for_timeout(500)
+                    page.wait_for_timeout(5)
+                page.wait_for_function(  # every figure placeholder drawn (or failed: an error)
+                    "[...document.querySelectorAll('.fig')].every(e => e.dataset.state)",
+                    timeout=60_000,
+                )
                 drawn = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
                 page.close()
                 assert errors == [], (name, errors[:5])
