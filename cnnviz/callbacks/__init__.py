@@ -11,6 +11,7 @@ Example:
 from cnnviz.callbacks.activation_maps import ActivationMaps
 from cnnviz.callbacks.attributions import Attributions
 from cnnviz.callbacks.base import VizCallback
+from cnnviz.callbacks.concept_dissection import ConceptDissection
 from cnnviz.callbacks.feature_visualization import FeatureVisualization
 from cnnviz.callbacks.filter_weights import FilterWeights
 from cnnviz.callbacks.receptive_fields import ReceptiveFields
@@ -20,6 +21,7 @@ from cnnviz.callbacks.top_activations import TopActivations
 __all__ = [
     "ActivationMaps",
     "Attributions",
+    "ConceptDissection",
     "FeatureVisualization",
     "FilterWeights",
     "ReceptiveFields",

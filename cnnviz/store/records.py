@@ -33,6 +33,8 @@ __all__ = [
     "AttributionChecksRecord",
     "AttributionsRecord",
     "BudgetRecord",
+    "ConceptInfo",
+    "DissectionRecord",
     "ErfRecord",
     "ErrorRecord",
     "Event",
@@ -715,6 +717,87 @@ class FeatvisRecord(StoreRecord):
 
 
 @dataclass(frozen=True)
+class ConceptInfo:
+    """A concept of a dissection.
+
+    Attributes:
+        name: The concept (``ring``, ``edge``, ``red``...).
+        category: ``object``, ``part``, ``colour`` or ``scene``.
+    """
+
+    name: str
+    category: str = "object"
+
+
+@dataclass(frozen=True)
+class DissectionRecord(StoreRecord):
+    """What each unit of a layer detects (Network Dissection, Bau et al. 2017).
+
+    Each unit's upsampled map is thresholded at its top ``quantile`` over the dissection set;
+    the unit is labelled with the concept whose masks overlap that region best (IoU).
+
+    Attributes:
+        threshold: Each unit's activation threshold.
+        top_fraction: The share of pixels at or above it.
+        iou: IoU of each unit with each concept.
+        intersection: Pixels of each unit's region inside each concept.
+        region: Pixels of each unit's region.
+        concept_area: Pixels of each concept.
+        best: Each unit's best concept (index into ``concepts``).
+        best_iou: Its IoU.
+        runner_up: The second best concept.
+        runner_up_iou: Its IoU.
+        labelled: Whether the best IoU reaches ``iou_threshold``.
+        concepts: The concepts (name, category).
+        quantile: The top quantile thresholded (0.005).
+        iou_threshold: The IoU a unit needs to count as a detector (0.04).
+        pixels: Pixels counted per unit.
+        images: Images of the dissection set.
+        mask_size: Size of the concept masks.
+        map_size: Size of the unit maps before upsampling.
+        bins: Histogram bins of the streaming quantile.
+        passes: Passes over the data.
+        stage: Where a conv was read (see ``activations``).
+        read_path: The steps from the conv to the tensor read.
+        control: ``""`` for the model itself; ``reinit``/``permute`` for the randomised control.
+        labelled_units: Units whose best IoU reaches the threshold.
+        detectors: Per category, the concepts with at least one detector.
+        detector_counts: Per category, the number of unique detectors.
+    """
+
+    KIND: ClassVar[str] = "dissection"
+    LAYER: ClassVar[LayerRule] = "required"
+    WRITTEN_BY: ClassVar[str] = "ConceptDissection"
+
+    threshold: np.ndarray = field(**array("float", 1, doc="[C]"))
+    top_fraction: np.ndarray = field(**array("float", 1, doc="[C]"))
+    iou: np.ndarray = field(**array("float", 2, doc="[C, K]"))
+    intersection: np.ndarray = field(**array("int", 2, doc="[C, K]"))
+    region: np.ndarray = field(**array("int", 1, doc="[C]"))
+    concept_area: np.ndarray = field(**array("int", 1, doc="[K]"))
+    best: np.ndarray = field(**array("int", 1, doc="[C]"))
+    best_iou: np.ndarray = field(**array("float", 1, doc="[C]"))
+    runner_up: np.ndarray = field(**array("int", 1, doc="[C]"))
+    runner_up_iou: np.ndarray = field(**array("float", 1, doc="[C]"))
+    labelled: np.ndarray = field(**array("any", 1, doc="[C] bool"))
+    concepts: tuple[ConceptInfo, ...] = ()
+    quantile: float = 0.005
+    iou_threshold: float = 0.04
+    pixels: int | None = None
+    images: int | None = None
+    mask_size: tuple[int, ...] = ()
+    map_size: tuple[int, ...] = ()
+    bins: int | None = None
+    passes: int | None = None
+    stage: str | None = None
+    read_path: tuple[str, ...] = ()
+    control: str = ""
+    labelled_units: int = 0
+    detectors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    detector_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ErrorRecord(StoreRecord):
     """A callback's failure at an event (training went on).
 
@@ -787,6 +870,7 @@ KINDS: dict[str, type[StoreRecord]] = {
         AttributionsRecord,
         AttributionChecksRecord,
         FeatvisRecord,
+        DissectionRecord,
         ErrorRecord,
         BudgetRecord,
         ResumeRecord,
