@@ -377,6 +377,79 @@ def _record_attributions(
     store.put(attributions_record(attribute_many(model, x, list(methods))), **header)
 
 
+def _dissection_set(
+    images: Sequence[str | os.PathLike[str]] | None,
+    x: torch.Tensor,
+    size: int,
+    channels: int,
+    count: int,
+    label_maps: Sequence[str | os.PathLike[str]] | None,
+    concept_names: Sequence[str] | None,
+    max_pixels: int,
+) -> Any:
+    """The images and concepts to dissect on: Shapes validation images, or the user's maps."""
+    from cnnviz.analysis.dissect import cache_concepts
+
+    if label_maps:
+        if not images or len(label_maps) != len(images):
+            raise ValueError(
+                "`label_maps` needs one label-map image per file of `images` (same order)"
+            )
+        if not concept_names:
+            raise ValueError("`concept_names` must name the concept of each label value")
+        from cnnviz.analysis.concepts import LabelMapConcepts
+
+        maps = _load_label_maps(label_maps, size, max_pixels)
+        source = LabelMapConcepts(list(concept_names))
+        return cache_concepts([(x, maps)], source)
+    if images or count < 1:
+        return None
+    from cnnviz.data import ShapesDataModule
+
+    dm = ShapesDataModule(image_size=size, channels=channels, num_val=count)
+    return cache_concepts(dm.dataset("val"))
+
+
+def _load_label_maps(
+    files: Sequence[str | os.PathLike[str]], size: int, max_pixels: int
+) -> torch.Tensor:
+    """Label-map images as integer maps ``[N, S, S]`` (nearest-neighbour resize)."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.functional import InterpolationMode, resize
+
+    out = []
+    for f in files:
+        p = Path(f)
+        data = _read_image_file(p)
+        dims = image_size(data)
+        if dims is None or dims[0] * dims[1] > max_pixels:
+            raise ValueError(
+                f"`label_maps`: {safe_text(p)!r} is not an image of at most {max_pixels:,} pixels"
+            )
+        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.GRAY)
+        img = resize(img, [size, size], interpolation=InterpolationMode.NEAREST)
+        out.append(img[0].long())
+    return torch.stack(out)
+
+
+def _record_dissection(store: RunStore, net: nn.Module, data: Any, header: dict) -> None:
+    """Dissect every conv layer, then the same on a randomised copy (the paper's control)."""
+    from cnnviz.analysis.dissect import dissect_layers, randomised_copy
+    from cnnviz.analysis.layers import list_layers
+    from cnnviz.recording import dissection_record
+
+    layers = [i.name for i in list_layers(net, "conv")]
+    if not layers:
+        return
+    for name, result in dissect_layers(net, layers, data).items():
+        store.put(dissection_record(result), layer=name, **header)
+    control = randomised_copy(net, mode="reinit", seed=0)
+    for name, result in dissect_layers(control, layers, data, control="reinit").items():
+        store.put(
+            dissection_record(result), layer=name, **{**header, "label": "randomised control"}
+        )
+
+
 def inspect_model(
     model: str | None,
     *,
@@ -392,6 +465,9 @@ def inspect_model(
     plotly_js: Literal["inline", "cdn"] = "inline",
     progress: bool = True,
     max_pixels: int = MAX_PIXELS,
+    dissect: int = 256,
+    label_maps: Sequence[str | os.PathLike[str]] | None = None,
+    concept_names: Sequence[str] | None = None,
 ) -> Path:
     """Write a run store and the report for a (trained) model and some images.
 
@@ -413,6 +489,12 @@ def inspect_model(
         plotly_js: ``"inline"`` or ``"cdn"``.
         progress: Progress lines on stderr.
         max_pixels: Largest image file (width × height) decoded.
+        dissect: Network dissection (Bau et al. 2017) of every conv layer over this many Shapes
+            validation images (when no ``images`` are given), with a randomised control; 0:
+            none.
+        label_maps: With ``images``: one label-map image per image (pixel value = concept
+            index into ``concept_names``), to dissect the layers on the user's own concepts.
+        concept_names: The concept of each label value (with ``label_maps``).
 
     Returns:
         The report's path.
@@ -523,6 +605,12 @@ def inspect_model(
         if methods:
             say(f"attributions ({', '.join(methods)})")
             _record_attributions(store, net, x, methods, header)
+        dissection = _dissection_set(
+            images, x, size, channels, dissect, label_maps, concept_names, max_pixels
+        )
+        if dissection is not None:
+            say("concept dissection (and its randomised control)")
+            _record_dissection(store, net, dissection, header)
         store.update_run(receptive_fields_note=problem)
         store.close(status="finished")
     except BaseException as err:

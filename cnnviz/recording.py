@@ -25,6 +25,8 @@ from torch import nn
 from cnnviz.store.records import (
     ActivationsRecord,
     AttributionsRecord,
+    ConceptInfo,
+    DissectionRecord,
     ErfRecord,
     ErrorRecord,
     FiltersRecord,
@@ -45,6 +47,7 @@ __all__ = [
     "activations_record",
     "attributions_record",
     "centre_unit",
+    "dissection_record",
     "erf_record",
     "error_record",
     "filters_record",
@@ -405,4 +408,29 @@ def error_record(callback: str, error: BaseException, *, at: str | None = None) 
         message=str(error),
         at=at,
         traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    )
+
+
+def dissection_record(result: Any) -> DissectionRecord:
+    """The record of a :class:`~cnnviz.analysis.dissect.Dissection` (one layer)."""
+    meta = result.meta()
+    readout = meta.get("readout") or {}
+    conv = readout.get("kind") == "conv"
+    return DissectionRecord(
+        **result.as_arrays(),
+        concepts=tuple(ConceptInfo(c["name"], c["category"]) for c in meta["concepts"]),
+        quantile=float(meta["quantile"]),
+        iou_threshold=float(meta["iou_threshold"]),
+        pixels=int(meta["pixels"]),
+        images=int(meta["images"]),
+        mask_size=tuple(int(v) for v in meta["mask_size"]),
+        map_size=tuple(int(v) for v in meta["map_size"]),
+        bins=int(meta["bins"]),
+        passes=int(meta["passes"]),
+        stage=readout.get("stage") if conv else None,
+        read_path=tuple(str(p) for p in readout.get("path", ())) if conv else (),
+        control=str(meta.get("control") or ""),
+        labelled_units=int(meta["labelled_units"]),
+        detectors={k: tuple(v) for k, v in meta["detectors"].items()},
+        detector_counts={k: int(v) for k, v in meta["detector_counts"].items()},
     )

@@ -16,6 +16,7 @@ from cnnviz.analysis.modelio import ModelIO, Spec
 from cnnviz.callbacks.base import Event, VizCallback, spread
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
 from cnnviz.callbacks.probe import Probe
+from cnnviz.recording import dissection_record
 
 __all__ = ["ConceptDissection"]
 
@@ -261,7 +262,7 @@ class ConceptDissection(VizCallback):
         if self.store is None:  # rank zero dissects its own pass; no collective
             return
         for name, result in self._dissect(trainer, self.target).items():
-            self.put(_record(result), event, layer=name)
+            self.put(dissection_record(result), event, layer=name)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -286,31 +287,4 @@ class ConceptDissection(VizCallback):
             return
         event = Event("epoch", max(trainer.current_epoch - 1, 0), trainer.global_step)
         for name, result in results.items():
-            self.put(_record(result), event, layer=name)
-
-
-def _record(result: Any) -> Any:
-    """A :class:`~cnnviz.store.DissectionRecord` from a dissection result."""
-    from cnnviz.store import ConceptInfo, DissectionRecord
-
-    meta = result.meta()
-    readout = meta.get("readout") or {}
-    conv = readout.get("kind") == "conv"
-    return DissectionRecord(
-        **result.as_arrays(),
-        concepts=tuple(ConceptInfo(c["name"], c["category"]) for c in meta["concepts"]),
-        quantile=float(meta["quantile"]),
-        iou_threshold=float(meta["iou_threshold"]),
-        pixels=int(meta["pixels"]),
-        images=int(meta["images"]),
-        mask_size=tuple(int(v) for v in meta["mask_size"]),
-        map_size=tuple(int(v) for v in meta["map_size"]),
-        bins=int(meta["bins"]),
-        passes=int(meta["passes"]),
-        stage=readout.get("stage") if conv else None,
-        read_path=tuple(str(p) for p in readout.get("path", ())) if conv else (),
-        control=str(meta.get("control") or ""),
-        labelled_units=int(meta["labelled_units"]),
-        detectors={k: tuple(v) for k, v in meta["detectors"].items()},
-        detector_counts={k: int(v) for k, v in meta["detector_counts"].items()},
-    )
+            self.put(dissection_record(result), event, layer=name)

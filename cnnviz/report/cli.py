@@ -111,6 +111,21 @@ def inspect_parser() -> argparse.ArgumentParser:
         help="attribution methods (none: skip attributions)",
     )
     p.add_argument(
+        "--dissect",
+        type=int,
+        default=256,
+        help="dissect the conv layers over this many Shapes images (0: none; without --images)",
+    )
+    p.add_argument(
+        "--label-maps",
+        nargs="+",
+        default=None,
+        help="with --images: one label-map image per image, to dissect on your own concepts",
+    )
+    p.add_argument(
+        "--concept-names", nargs="+", default=None, help="the concept of each label value"
+    )
+    p.add_argument(
         "--run-dir", default=None, help="where to write the store (default runs/inspect-...)"
     )
     p.add_argument("-o", "--output", default=None, help="report file (default RUN_DIR/report.html)")
@@ -136,6 +151,9 @@ def run_inspect(argv: Sequence[str]) -> Path:
             methods=ns.methods,
             run_dir=ns.run_dir,
             out=ns.output,
+            dissect=ns.dissect,
+            label_maps=ns.label_maps,
+            concept_names=ns.concept_names,
             plotly_js="cdn" if ns.cdn else "inline",
             progress=not ns.quiet,
             max_pixels=ns.max_pixels,
