@@ -35,6 +35,7 @@ from cnnviz.store.records import (
     ProbeRecord,
     ReceptiveFieldRecord,
     TableRow,
+    TopkRecord,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from cnnviz.analysis.capture import CapturedLayer
     from cnnviz.analysis.layer_table import LayerRow
     from cnnviz.analysis.receptive_field import ERFResult, ReceptiveField
+    from cnnviz.analysis.topk import TopKActivations
 
 __all__ = [
     "activations_record",
@@ -56,6 +58,7 @@ __all__ = [
     "probe_record",
     "receptive_field_record",
     "table_row",
+    "topk_record",
 ]
 
 
@@ -434,3 +437,104 @@ def dissection_record(result: Any) -> DissectionRecord:
         detectors={k: tuple(v) for k, v in meta["detectors"].items()},
         detector_counts={k: int(v) for k, v in meta["detector_counts"].items()},
     )
+
+
+def topk_record(
+    top: TopKActivations,
+    rf: ReceptiveField | None,
+    get_raw: Any,
+    get_image: Any,
+    *,
+    pad_value: float = 0.5,
+    max_patch_size: int | None = 64,
+    num_channels: int | None = None,
+    readout: Any = None,
+    layer_type: str | None = None,
+    interior_only: bool = False,
+) -> TopkRecord:
+    """One layer's top-k activations with the input patch (or tokens) each unit saw.
+
+    Args:
+        top: The layer's streaming top-k.
+        rf: Its receptive field (``None``: values only, no patches).
+        get_raw: Sample index to the raw model input ``(C, H, W)``/``(C, L)``/``(L,)``.
+        get_image: Sample index to the input as shown to people (in [0, 1]).
+        pad_value: Display value of the parts of a field outside the image.
+        max_patch_size: Patches are downsampled (as they are cut) to at most this per axis.
+        num_channels: Channels of the layer (default: those kept).
+        readout: The layer's readout (its ``stage`` and source are recorded).
+        layer_type: The layer's class name.
+        interior_only: Only units whose field lies inside the image were ranked.
+
+    Raises:
+        ValueError: When the patches cannot be cut (the field does not fit the inputs).
+    """
+    kk = int(top.count.max())
+    values = top.values[:, :kk].float().cpu().numpy()
+    samples = top.samples[:, :kk].cpu().numpy()
+    flat = top.positions[:, :kk].cpu().numpy()
+    samples = np.where(np.isfinite(values), samples, -1)  # masked units (interior_only)
+    positions = np.stack(np.unravel_index(np.maximum(flat, 0), top.spatial_shape), axis=-1)
+    positions[samples < 0] = -1
+    conv = readout is not None and getattr(readout, "kind", None) == "conv"
+    fields: dict[str, Any] = {
+        "values": np.where(samples >= 0, values, np.nan).astype(np.float32),
+        "samples": samples,
+        "positions": positions,
+        "channels": tuple(range(top.num_channels)),
+        "k": kk,
+        "num_channels": num_channels or top.num_channels,
+        "read_from": None if readout is None else readout.source,
+        "layer_type": layer_type,
+        "rf_size": None if rf is None else _ints(rf.size),
+        "interior_only": bool(interior_only),
+        "stage": readout.stage if conv else None,
+    }
+    if rf is None or not (samples >= 0).any():
+        return TopkRecord(**fields)
+    share = np.full(samples.shape, np.nan, dtype=np.float32)
+    for c, j in zip(*np.nonzero(samples >= 0), strict=True):
+        share[c, j] = rf.padding_share(*(int(p) for p in positions[c, j]))
+    fields["padding"] = share
+    raw = get_raw(int(samples[samples >= 0][0]))
+    tokens = not raw.is_floating_point()
+    pad = -1.0 if tokens else pad_value
+    crops = [
+        top.patches(c, rf, get_image, pad_value=pad, max_size=max_patch_size)
+        for c in range(len(values))
+    ]
+    if tokens:
+        out = np.full((len(crops), kk, *crops[0].shape[1:]), -1, dtype=np.int64)
+        for c, crop in enumerate(crops):
+            out[c, : len(crop)] = crop.numpy()
+        return TopkRecord(**fields, tokens=out)
+    patches, scale = _stack_patches(crops, kk, pad_value, max_patch_size)
+    # the crops were downsampled as they were cut (topk.patches); the stack may add more
+    scale *= crops[0].shape[-1] / rf.size[-1]
+    return TopkRecord(**fields, patches=patches, patch_scale=float(scale))
+
+
+def _stack_patches(
+    crops: list[torch.Tensor], kk: int, pad_value: float, max_size: int | None
+) -> tuple[np.ndarray, float]:
+    """Per-channel crops ``[m, C, h, w]`` (or ``[m, C, l]``) as ``[C, k, h, w(, 3)]``."""
+    import torch.nn.functional as F
+
+    first = crops[0]
+    spatial = tuple(first.shape[2:]) if first.dim() == 4 else tuple(first.shape[1:])
+    scale = 1.0
+    if max_size is not None and max(spatial) > max_size:
+        scale = max_size / max(spatial)
+        spatial = tuple(max(1, round(s * scale)) for s in spatial)
+    colour = first.dim() == 4 and first.shape[1] == 3
+    out = np.full((len(crops), kk, *spatial, *((3,) if colour else ())), pad_value)
+    for c, crop in enumerate(crops):
+        img = crop.float()
+        if img.dim() == 4 and tuple(img.shape[2:]) != spatial:
+            img = F.interpolate(img, size=spatial, mode="area")
+        elif img.dim() == 3 and tuple(img.shape[1:]) != spatial:  # 1-D: rows are channels
+            img = F.interpolate(img[:, None], size=spatial, mode="area")[:, 0]
+        if img.dim() == 4:
+            img = img.permute(0, 2, 3, 1) if colour else img[:, 0]
+        out[c, : len(img)] = img.numpy()
+    return out.astype(np.float32), scale

@@ -16,16 +16,13 @@ argument) raises — or everything, with ``strict=True`` (or the environment var
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
@@ -41,102 +38,23 @@ from cnnviz.analysis.modelio import (
     scoped,
 )
 from cnnviz.callbacks.budget import DEFAULT_SHARE, CostModel, Plan
+from cnnviz.callbacks.events import (
+    DEEP,
+    Event,
+    budget_default,
+    guarded,
+    spread,
+    strict_default,
+)
+from cnnviz.callbacks.outcomes import Outcomes
 from cnnviz.callbacks.probe import Probe
 from cnnviz.callbacks.session import RunSession, default_store_dir, session_for
 from cnnviz.store import RunStore
 
 __all__ = ["DEEP", "Event", "VizCallback", "check_count", "guarded", "spread"]
 
-#: A model with more layers of a callback's kind than this gets its stage outputs by default.
-DEEP = 12
-#: Failures in a row after which a callback turns itself off.
-MAX_FAILURES = 3
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Event:
-    """When a logging event happens: ``tag`` is ``start``, ``epoch`` or ``step``."""
-
-    __slots__ = ("epoch", "label", "step", "tag")
-
-    def __init__(self, tag: str, epoch: int, step: int) -> None:
-        self.tag = tag
-        self.epoch = epoch
-        self.step = step
-        self.label = {"start": "start", "epoch": f"epoch {epoch + 1}", "step": f"step {step}"}[tag]
-
-    def meta(self) -> dict[str, Any]:
-        """The event as record metadata."""
-        return {"event": self.tag, "label": self.label}
-
-
-def spread(items: Sequence[Any], count: int) -> list[Any]:
-    """Up to ``count`` evenly spaced items, always including the first and the last."""
-    if len(items) <= count:
-        return list(items)
-    if count == 1:
-        return [items[-1]]
-    picks = {round(i * (len(items) - 1) / (count - 1)) for i in range(count)}
-    return [items[i] for i in sorted(picks)]
-
-
-def _budget_default(budget: float | None) -> float | None:
-    """``budget``, or the environment variable ``CNNVIZ_BUDGET`` when ``budget`` is the default.
-
-    ``CNNVIZ_BUDGET=off`` (or ``none``/``0``) turns the default budget off; a number sets the
-    default share.
-    """
-    env = os.environ.get("CNNVIZ_BUDGET", "").strip().lower()
-    if budget != DEFAULT_SHARE or not env:
-        return budget
-    if env in ("off", "none", "0", "false"):
-        return None
-    try:
-        share = float(env)
-    except ValueError:
-        return budget
-    return share if 0 < share < 1 else budget
-
-
-def _same_kind(cut: str, earlier: Sequence[str]) -> bool:
-    """Whether ``cut`` repeats an earlier note but for its "(first: ...)" label."""
-    stem = cut.split(" (first: ")[0]
-    return " (first: " in cut and any(e.split(" (first: ")[0] == stem for e in earlier)
-
-
-def _now(trainer: pl.Trainer | None) -> Event:
-    """The trainer's position as an event (for records outside the callbacks' own events)."""
-    if trainer is None or trainer.global_step == 0:
-        return Event("start", 0 if trainer is None else trainer.current_epoch, 0)
-    return Event("step", trainer.current_epoch, trainer.global_step)
-
-
-def _strict_default() -> bool:
-    return os.environ.get("CNNVIZ_STRICT", "0") not in ("", "0", "false", "False")
-
-
-def guarded(fn: F) -> F:
-    """Run a Lightning hook of a cnnviz callback so that it never takes the fit down.
-
-    The hook is skipped while the callback is off; an exception becomes a warning and an
-    ``error`` record (or is raised with ``strict=True``).
-    """
-
-    @functools.wraps(fn)
-    def wrapper(self: VizCallback, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> Any:
-        if self.disabled is not None:
-            return None
-        try:
-            return fn(self, trainer, *args, **kwargs)
-        except Exception as err:
-            self.failed(trainer, err, where=fn.__name__)
-            return None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class VizCallback(Callback):
+class VizCallback(Outcomes, Callback):
     """Base of the cnnviz callbacks.
 
     Args:
@@ -230,9 +148,9 @@ class VizCallback(Callback):
         self.log_to_loggers = log_to_loggers
         self.probe_input = probe_input
         self.scores = scores
-        budget = _budget_default(budget)
+        budget = budget_default(budget)
         self.budget = None if budget is None else float(budget)
-        self.strict = _strict_default() if strict is None else strict
+        self.strict = strict_default() if strict is None else strict
         self.selected: list[LayerInfo] = []
         self.store: RunStore | None = None
         self.session: RunSession | None = None
@@ -355,23 +273,6 @@ class VizCallback(Callback):
 
     def on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Subclass hook after layers and store are resolved."""
-
-    def disable(self, trainer: pl.Trainer | None, reason: str) -> None:
-        """Turn the callback off for the rest of the fit, with one warning naming ``reason``.
-
-        Raises:
-            ValueError: With ``strict=True``, instead of turning off.
-        """
-        name = type(self).__name__
-        if self.strict:
-            raise ValueError(f"{name}: {reason}")
-        if self.disabled is None:
-            self.disabled = reason
-            rank_zero_warn(f"cnnviz: {name} is off for this fit: {reason}")
-            self.release()
-            if self.store is not None:
-                where = _now(trainer)
-                self._write_error(where.label, where, "Disabled", f"turned off: {reason}")
 
     # -- what the model needs -------------------------------------------------------------------
     def prepare(self, trainer: pl.Trainer) -> None:
@@ -574,103 +475,6 @@ class VizCallback(Callback):
         """Record what the callback watches at ``event`` (subclasses)."""
         raise NotImplementedError
 
-    # -- budget notes and failures --------------------------------------------------------------
-    def note_cut(self, *cuts: str, event: Event | None = None) -> None:
-        """Say once what this callback leaves out (log and a ``budget`` record)."""
-        said = tuple(dict.fromkeys((*self._said_cuts, *cuts)))
-        said = tuple(c for i, c in enumerate(said) if not _same_kind(c, said[:i]))
-        if said == self._said_cuts:
-            return
-        new = [c for c in said if c not in self._said_cuts]
-        self._said_cuts = said
-        share = self.session.budget.share if self.session is not None else DEFAULT_SHARE
-        rank_zero_info(
-            f"cnnviz budget: {self.name} {'; '.join(new)} — to stay within {share:.0%} of the "
-            "fit's time. Pass `budget=None`, or set these options explicitly, to get everything."
-        )
-        if self.store is not None:
-            where = event or Event("start", 0, 0)
-            self.write(
-                "budget",
-                None,
-                where,
-                meta={
-                    "callback": self.name,
-                    "decisions": list(said),
-                    "settings": {"budget": None, "share": share},
-                },
-            )
-
-    def _postponed(self, event: Event) -> None:
-        self.note_cut(
-            f"skips an event when its share of the budget is spent (first: {event.label})"
-        )
-        if self.store is not None:
-            self.write(
-                "budget",
-                None,
-                event,
-                meta={
-                    "callback": self.name,
-                    "decisions": [*self._said_cuts, f"skipped {event.label}"],
-                    "settings": {"budget": None},
-                },
-            )
-
-    def failed(
-        self,
-        trainer: pl.Trainer | None,
-        err: Exception,
-        *,
-        where: str,
-        event: Event | None = None,
-    ) -> None:
-        """Handle a failure: raise with ``strict``, else warn once, record it, go on.
-
-        After :data:`MAX_FAILURES` failures in a row the callback turns itself off.
-        """
-        if self.strict:
-            raise err
-        self.release()
-        self._failures += 1
-        message = f"{type(err).__name__}: {err}"
-        key = f"{where.split(' ')[0]}:{type(err).__name__}"
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(
-                f"cnnviz: {self.name} failed in {where}: {message}. Training goes on; the "
-                "report shows the error. Pass `strict=True` to raise instead."
-            )
-        if self.store is not None:
-            self._write_error(
-                where,
-                event or _now(trainer),
-                type(err).__name__,
-                str(err),
-                detail="".join(traceback.format_exception(err)),
-            )
-        if self._failures >= MAX_FAILURES and self.disabled is None:
-            self.disable(trainer, f"it failed {self._failures} times in a row (last: {message})")
-
-    def _write_error(
-        self, where: str, event: Event | None, exception: str, message: str, *, detail: str = ""
-    ) -> None:
-        try:
-            self.write(
-                "error",
-                None,
-                event or Event("start", 0, 0),
-                meta={
-                    "callback": self.name,
-                    "exception": exception,
-                    "message": message,
-                    "at": where,
-                    "traceback": detail[-4000:],
-                },
-            )
-        except Exception as err:  # the store itself may be what failed
-            rank_zero_warn(f"cnnviz: {self.name} could not record its error: {err}")
-
     # -- the end --------------------------------------------------------------------------------
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -775,9 +579,3 @@ class VizCallback(Callback):
     def module_device(module: nn.Module) -> torch.device:
         """The device of ``module``'s first parameter or buffer (CPU if it has none)."""
         return model_device(module)
-
-    def warn_once(self, key: str, message: str) -> None:
-        """A warning said once per fit and callback."""
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"{self.name}: {message}")

@@ -10,7 +10,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -512,9 +511,9 @@ class TopActivations(VizCallback):
             top = self._pending.get(info.name)
             if top is None or not int(top.count.max()):
                 continue
-            arrays, meta = self._arrays(info.name, top, get_raw, get_image)
-            self.write("topk", arrays, event, layer=info.name, meta=meta)
-            patches = arrays.get("patches")
+            record = self._record(info.name, top, get_raw, get_image)
+            self.put(record, event, layer=info.name)
+            patches = record.patches
             if patches is not None and self.log_to_loggers and trainer.loggers:
                 log_figure(
                     trainer.loggers,
@@ -525,11 +524,11 @@ class TopActivations(VizCallback):
                     figure=(
                         partial(
                             topk_figure,
-                            patches.astype(np.float32),
-                            arrays["values"],
+                            patches,
+                            record.values,
                             layer=info.name,
-                            channels=meta["channels"],
-                            samples=arrays["samples"],
+                            channels=list(record.channels),
+                            samples=record.samples,
                         )
                         if figures
                         else None
@@ -544,7 +543,7 @@ class TopActivations(VizCallback):
             if rf is None or tuple(rf.output_spatial) != tuple(out.shape[2:]):
                 self._warn("interior", f"no receptive field of {name}: every unit is ranked")
                 return None
-            self._interior[name] = interior_mask(rf).to(out.device)
+            self._interior[name] = rf.interior_mask().to(out.device)
             if not bool(self._interior[name].any()):
                 self._warn(f"interior:{name}", f"no unit of {name} sees only the image")
         return self._interior[name]
@@ -575,117 +574,26 @@ class TopActivations(VizCallback):
                 self._rf_cache[input_shape] = {}
         return self._rf_cache[input_shape].get(name)
 
-    def _arrays(
-        self, name: str, top: TopKActivations, get_raw: Any, get_image: Any
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        kk = int(top.count.max())
-        values = top.values[:, :kk].float().cpu().numpy()
-        samples = top.samples[:, :kk].cpu().numpy()
-        flat = top.positions[:, :kk].cpu().numpy()
-        samples = np.where(np.isfinite(values), samples, -1)  # masked units (interior_only)
-        positions = np.stack(np.unravel_index(np.maximum(flat, 0), top.spatial_shape), axis=-1)
-        positions[samples < 0] = -1
-        arrays: dict[str, np.ndarray] = {
-            "values": np.where(samples >= 0, values, np.nan).astype(np.float32),
-            "samples": samples,
-            "positions": positions,
-        }
-        raw = get_raw(int(samples[samples >= 0][0]))
-        rf = self._field(name, tuple(raw.shape))
-        meta: dict[str, Any] = {
-            "channels": list(range(top.num_channels)),
-            "k": kk,
+    def _record(self, name: str, top: TopKActivations, get_raw: Any, get_image: Any) -> Any:
+        """The layer's ``topk`` record (patches cut from the inputs where the field is known)."""
+        from cnnviz.recording import topk_record
+
+        samples = top.samples[:, : int(top.count.max())]
+        first = int(samples[samples >= 0][0])
+        rf = self._field(name, tuple(get_raw(first).shape))
+        kw: dict[str, Any] = {
+            "pad_value": self.pad_value,
+            "max_patch_size": self.max_patch_size,
             "num_channels": self._full_channels.get(name, top.num_channels),
-            "read_from": self._readouts[name].source if name in self._readouts else name,
-            "interior_only": self.interior_only,
+            "readout": self._readouts.get(name),
             "layer_type": type(self.target.get_submodule(name)).__name__,
-            "rf_size": None if rf is None else list(rf.size),
+            "interior_only": self.interior_only,
         }
-        readout = self._readouts.get(name)
-        if readout is not None and readout.kind == "conv":
-            meta["stage"] = readout.stage
-        if rf is None:
-            return arrays, meta
-        arrays["padding"] = _padding_share(rf, positions, samples)
-        tokens = not raw.is_floating_point()
-        pad = -1.0 if tokens else self.pad_value
         try:
-            crops = [
-                top.patches(c, rf, get_image, pad_value=pad, max_size=self.max_patch_size)
-                for c in range(len(values))
-            ]
+            return topk_record(top, rf, get_raw, get_image, **kw)
         except ValueError as err:  # e.g. inputs of varying size: the field does not match
             self._warn(f"patch:{name}", f"no patches for {name!r}: {err}")
-            return arrays, meta
-        if tokens:
-            out = np.full((len(crops), kk, *crops[0].shape[1:]), -1, dtype=np.int64)
-            for c, crop in enumerate(crops):
-                out[c, : len(crop)] = crop.numpy()
-            arrays["tokens"] = out
-            meta["tokens"] = True
-            return arrays, meta
-        arrays["patches"], scale = self._stack(crops, kk)
-        # the crops were downsampled as they were cut (topk.patches); the stack may add more
-        meta["patch_scale"] = scale * crops[0].shape[-1] / rf.size[-1]
-        return arrays, meta
-
-    def _stack(self, crops: list[torch.Tensor], kk: int) -> tuple[np.ndarray, float]:
-        """Per-channel crops ``[m, C, h, w]`` (or ``[m, C, l]``) as ``[C, k, h, w(, 3)]``."""
-        first = crops[0]
-        spatial = tuple(first.shape[2:]) if first.dim() == 4 else tuple(first.shape[1:])
-        scale = 1.0
-        if self.max_patch_size is not None and max(spatial) > self.max_patch_size:
-            scale = self.max_patch_size / max(spatial)
-            spatial = tuple(max(1, round(s * scale)) for s in spatial)
-        colour = first.dim() == 4 and first.shape[1] == 3
-        out = np.full((len(crops), kk, *spatial, *((3,) if colour else ())), self.pad_value)
-        for c, crop in enumerate(crops):
-            img = crop.float()
-            if img.dim() == 4 and tuple(img.shape[2:]) != spatial:
-                img = F.interpolate(img, size=spatial, mode="area")
-            elif img.dim() == 3 and tuple(img.shape[1:]) != spatial:  # 1-D: rows are channels
-                img = F.interpolate(img[:, None], size=spatial, mode="area")[:, 0]
-            if img.dim() == 4:
-                img = img.permute(0, 2, 3, 1) if colour else img[:, 0]
-            out[c, : len(img)] = img.numpy()
-        return out.astype(np.float32), scale
-
-
-def _padding_share(rf: ReceptiveField, positions: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """Per entry ``[C, k]``: the share of the unit's (local) field that lies in the padding.
-
-    NaN where there is no entry. Zero padding is what a shallow unit near the border sees for
-    most of its field: the report marks those patches.
-    """
-    share = np.full(samples.shape, np.nan, dtype=np.float32)
-    cache: dict[tuple[int, ...], float] = {}
-    for c, j in zip(*np.nonzero(samples >= 0), strict=True):
-        unit = tuple(int(p) for p in positions[c, j])
-        if unit not in cache:
-            full = rf.region(*unit, clip=False, local=True)
-            inside = rf.region(*unit, clip=True, local=True)
-            area = np.prod([full[i + 1] - full[i] for i in range(0, len(full), 2)])
-            seen = np.prod([max(0, inside[i + 1] - inside[i]) for i in range(0, len(inside), 2)])
-            cache[unit] = float(1 - seen / area) if area > 0 else 0.0
-        share[c, j] = cache[unit]
-    return share
-
-
-def interior_mask(rf: ReceptiveField) -> torch.Tensor:
-    """``[h, w]`` (or ``[l]``) bool: output units whose (local) field lies inside the input."""
-    axes = []
-    for axis in range(rf.ndim):
-        keep = []
-        for i in range(rf.output_spatial[axis]):
-            index = [0] * rf.ndim
-            index[axis] = i
-            full = rf.region(*index, clip=False, local=True)
-            start, stop = full[2 * axis], full[2 * axis + 1]
-            keep.append(start >= 0 and stop <= rf.input_spatial[axis])
-        axes.append(torch.tensor(keep))
-    if rf.ndim == 1:
-        return axes[0]
-    return axes[0][:, None] & axes[1][None, :]
+            return topk_record(top, None, get_raw, get_image, **kw)
 
 
 def _display(x: torch.Tensor, datamodule: Any) -> torch.Tensor:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 # One path group along one axis: (jump, padding, size). Unit i sees the half-open interval
 # [i*jump - padding, i*jump - padding + size). A jump of 0 means "the same region for every unit"
 # (after a global pool, a flatten, or a broadcast of a 1-wide map).
@@ -201,6 +203,36 @@ class ReceptiveField:
         for axis, i in enumerate(units):
             out += source._interval(axis, i, clip)
         return tuple(out)
+
+    def padding_share(self, *index: int) -> float:
+        """The share of unit ``index``'s (local) field that lies outside the input.
+
+        Zero padding is most of what a shallow unit near the border sees: 5 of 9 pixels for a
+        corner unit of a 3x3 conv with padding 1.
+        """
+        full = self.region(*index, clip=False, local=True)
+        inside = self.region(*index, clip=True, local=True)
+        area = seen = 1
+        for a in range(0, len(full), 2):
+            area *= full[a + 1] - full[a]
+            seen *= max(0, inside[a + 1] - inside[a])
+        return float(1 - seen / area) if area > 0 else 0.0
+
+    def interior_mask(self) -> torch.Tensor:
+        """``[h, w]`` (``[l]`` in 1-D) bool: units whose (local) field lies inside the input."""
+        axes = []
+        for axis in range(self.ndim):
+            keep = []
+            for i in range(self.output_spatial[axis]):
+                index = [0] * self.ndim
+                index[axis] = i
+                full = self.region(*index, clip=False, local=True)
+                start, stop = full[2 * axis], full[2 * axis + 1]
+                keep.append(start >= 0 and stop <= self.input_spatial[axis])
+            axes.append(torch.tensor(keep))
+        if self.ndim == 1:
+            return axes[0]
+        return axes[0][:, None] & axes[1][None, :]
 
     def center(self, *index: int, local: bool = False) -> tuple[float, ...]:
         """Centre of unit ``index``'s unclipped region (or local region), per axis."""
