@@ -21,6 +21,7 @@ Example:
 """
 
 from cnnviz.store.files import Limits, StoreDataError, StoreWriteError, UnsafePathError
+from cnnviz.store.history import copy_history
 from cnnviz.store.lease import LEASE_FILE, LEASE_TIMEOUT, StoreBusyError
 from cnnviz.store.reader import HEARTBEAT_STALE, MANIFEST, RUN_FILE, Note, StoreReader, StoreWarning
 from cnnviz.store.records import (
@@ -49,7 +50,7 @@ from cnnviz.store.records import (
     record_class,
 )
 from cnnviz.store.schema import RecordError
-from cnnviz.store.writer import Record, RunStore, copy_history, open_writer
+from cnnviz.store.writer import Record, RunStore, open_writer
 
 __all__ = [
     "HEARTBEAT_STALE",

@@ -8,8 +8,8 @@ store format maps ``kind`` + ``meta`` onto the typed records.
 
 A fit opens the store with :meth:`RunStore.open_writer` (an exclusive writer lease, the run id on
 every record), refreshes :meth:`RunStore.heartbeat`, and calls :meth:`RunStore.begin_segment`
-when it resumes from a checkpoint. :func:`copy_history` brings an earlier run's records into a
-new run directory.
+when it resumes from a checkpoint. :func:`cnnviz.store.history.copy_history` brings an earlier
+run's records into a new run directory.
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import socket
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from cnnviz.store.compat import Record, UntypedAPI
 from cnnviz.store.files import (
     Limits,
     StoreDataError,
@@ -73,84 +73,11 @@ from cnnviz.store.schema import (
     valid_array_name,
 )
 
-__all__ = ["Record", "RunStore", "copy_history", "open_writer"]
+__all__ = ["Record", "RunStore", "open_writer"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
 R = TypeVar("R", bound=StoreRecord)
-
-
-@dataclass(frozen=True)
-class Record:
-    """A record in the untyped form of the first store format (see :meth:`RunStore.write`).
-
-    Attributes:
-        id: Unique id within the store (also the arrays' file name).
-        kind: What was recorded (``filters``, ``activations``, ``metrics``...).
-        source: Which callback (its ``state_key``) wrote it (the typed header's ``writer``).
-        layer: Qualified layer name, if the record is about one layer.
-        epoch: Trainer epoch at the event.
-        step: Trainer global step at the event.
-        file: Path of the ``.npz`` file relative to the store root, or ``None``.
-        meta: The record's meta fields, plus ``event`` and ``label`` when set.
-        time: Wall-clock time of the write.
-        run: The run id (``None`` without a run session).
-        segment: The resume segment.
-    """
-
-    id: str
-    kind: str
-    source: str | None = None
-    layer: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-    file: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    time: float = 0.0
-    run: str | None = None
-    segment: int = 0
-
-    @classmethod
-    def from_typed(cls, record: StoreRecord) -> Record:
-        """The untyped form of a typed record."""
-        h = record._h()
-        meta = to_json(record)
-        if h.event is not None:
-            meta["event"] = h.event
-        if h.label is not None:
-            meta["label"] = h.label
-        return cls(
-            id=h.id,
-            kind=h.kind,
-            source=h.writer,
-            layer=h.layer,
-            epoch=h.epoch,
-            step=h.step,
-            file=h.file,
-            meta=meta,
-            time=h.time,
-            run=h.run,
-            segment=h.segment,
-        )
-
-    def header(self) -> Header:
-        """The typed header of this record."""
-        meta = self.meta or {}
-        event = meta.get("event")
-        return Header(
-            id=self.id,
-            kind=self.kind,
-            run=self.run,
-            writer=self.source,
-            segment=self.segment,
-            layer=self.layer,
-            epoch=self.epoch,
-            step=self.step,
-            event=event if event in EVENTS else None,
-            label=meta.get("label") if isinstance(meta.get("label"), str) else None,
-            time=self.time,
-            file=self.file,
-        )
 
 
 @dataclass
@@ -237,7 +164,7 @@ def _prepare(record: StoreRecord, header: dict[str, Any]) -> _Prepared:
     return _Prepared(cls, meta, arrays, header)
 
 
-class RunStore:
+class RunStore(UntypedAPI):
     """Reads and writes a run's cnnviz results.
 
     Several callbacks of one run share one store object (same root); writes are serialised by a
@@ -514,132 +441,6 @@ class RunStore:
             self.update_run(status="failed", error=str(err))
 
     # -- the first format's API (callbacks during the transition) -------------------------------
-    def _typed(
-        self,
-        kind: str,
-        arrays: Mapping[str, Any] | None,
-        meta: Mapping[str, Any] | None,
-    ) -> tuple[StoreRecord, str | None, str | None]:
-        cls = record_class(kind)
-        values = dict(meta or {})
-        event, label = values.pop("event", None), values.pop("label", None)
-        for key in cls.IGNORED_META:
-            values.pop(key, None)
-        fields = {f.name for f in meta_fields(cls)}
-        unknown = sorted(set(values) - fields, key=str)
-        if unknown:
-            raise RecordError(
-                f"{cls.__name__}: meta `{unknown[0]}` is not a field of {kind} records; "
-                f"fields are: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        specs = array_specs(cls)
-        named = {fname for fname, s in specs if s.name != "*"}
-        wild = next((fname for fname, s in specs if s.name == "*"), None)
-        kwargs: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for key, value in (arrays or {}).items():
-            if key in named:
-                kwargs[key] = value
-            elif wild is not None:
-                extra[key] = value
-            else:
-                raise RecordError(
-                    f"{cls.__name__}: array `{key}` is not an array of {kind} records; arrays "
-                    f"are: {', '.join(sorted(named))}"
-                )
-        if wild is not None:
-            kwargs[wild] = extra
-        for f in dataclasses.fields(cls):
-            required = (
-                f.init
-                and f.name != "header"
-                and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING
-            )
-            if required and f.name not in kwargs and f.name not in values:
-                what = "array" if "array" in f.metadata else "meta"
-                raise RecordError(f"{cls.__name__}: {what} `{f.name}` is required")
-        # Meta is checked (and JSON-converted) in _prepare; values here are the caller's.
-        return cls(**kwargs, **values), event, label
-
-    def write(
-        self,
-        kind: str,
-        arrays: Mapping[str, Any] | None = None,
-        *,
-        source: str | None = None,
-        layer: str | None = None,
-        epoch: int | None = None,
-        step: int | None = None,
-        meta: Mapping[str, Any] | None = None,
-    ) -> Record:
-        """Write a record given as ``kind``, arrays and ``meta`` (the first format's API).
-
-        ``meta["event"]`` and ``meta["label"]`` go to the header; the rest must be the fields
-        of the kind's record class (:mod:`cnnviz.store.records`), and the arrays its arrays.
-
-        Args:
-            kind: Record kind (``filters``, ``activations``...).
-            arrays: Name to array (numpy arrays or tensors).
-            source: The writer's ``state_key``.
-            layer: Layer name, if any.
-            epoch: Epoch of the event.
-            step: Global step of the event.
-            meta: The record's fields, plus ``event`` and ``label``.
-
-        Returns:
-            The record written, in the untyped form.
-
-        Raises:
-            ValueError: For an unknown kind or a record that does not fit it (names the field).
-            StoreWriteError: When the files cannot be written.
-        """
-        record, event, label = self._typed(kind, arrays, meta)
-        written = self.put(
-            record,
-            writer=source,
-            layer=layer,
-            epoch=epoch,
-            step=step,
-            event=event,
-            label=label,
-        )
-        return Record.from_typed(written)
-
-    def write_async(
-        self, kind: str, arrays: Mapping[str, Any] | None = None, **fields: Any
-    ) -> Future[Record]:
-        """Like :meth:`write`, but encode and write on the background thread.
-
-        The record is validated now (a bad one raises here); tensors are copied to host memory
-        now. Errors of the write surface on the next :meth:`submit`, :meth:`write_async` or
-        :meth:`flush`.
-
-        Args:
-            kind: Record kind.
-            arrays: Name to array.
-            **fields: ``source``, ``layer``, ``epoch``, ``step``, ``meta`` as for :meth:`write`.
-
-        Returns:
-            A future of the record.
-        """
-        unknown = set(fields) - {"source", "layer", "epoch", "step", "meta"}
-        if unknown:
-            raise TypeError(f"write_async() got unexpected arguments {sorted(unknown)}")
-        record, event, label = self._typed(kind, arrays, fields.get("meta"))
-        prepared = _prepare(
-            record,
-            self._header_kw(
-                writer=fields.get("source"),
-                layer=fields.get("layer"),
-                epoch=fields.get("epoch"),
-                step=fields.get("step"),
-                event=event,
-                label=label,
-            ),
-        )
-        return self.submit(lambda: Record.from_typed(self._commit(prepared)))
-
     # -- background jobs ------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` on the store's background thread, after earlier jobs.
@@ -781,30 +582,6 @@ class RunStore:
             self._parsed_at = (st.st_dev, st.st_ino, offset + end)
         return list(self._parsed)
 
-    def __iter__(self) -> Iterator[Record]:
-        records, _ = supersede(self._all_records())
-        for r in records:
-            yield Record.from_typed(r)
-
-    def records(
-        self,
-        kind: str | None = None,
-        *,
-        layer: str | None = None,
-        source: str | None = None,
-    ) -> list[Record]:
-        """Records filtered by kind, layer and source (writer), in the order written.
-
-        Damaged lines are skipped with a warning; records a resumed fit replaced are left out.
-        """
-        return [
-            r
-            for r in self
-            if (kind is None or r.kind == kind)
-            and (layer is None or r.layer == layer)
-            and (source is None or r.source == source)
-        ]
-
     def read(
         self,
         kind: type[R] | str,
@@ -848,81 +625,3 @@ def open_writer(store: RunStore | str | os.PathLike[str], run_id: str, **kwargs:
     """
     target = store if isinstance(store, RunStore) else RunStore(store)
     return target.open_writer(run_id, **kwargs)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        tmp = dst.with_name(f".{dst.name}.copy")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-
-
-_NOT_COPIED = {"status", "error", "heartbeat", "writer", "run"}
-
-
-def copy_history(
-    src: RunStore | str | os.PathLike[str],
-    dst: RunStore | str | os.PathLike[str],
-    up_to_step: int,
-) -> int:
-    """Bring the records of an earlier run's store, up to ``up_to_step``, into another store.
-
-    Used when a fit resumes into a new log directory, so that each run directory stays
-    self-contained: records keep their ids, run, segment and header; array files are hard
-    links where possible (else copies). Records already in ``dst`` are skipped. Run facts that
-    ``dst`` lacks (model, layers...) are copied too. Call it before the resumed fit writes.
-
-    Args:
-        src: The earlier run's store (read like a report does: damage is skipped with a
-            warning, records a resume replaced are left out).
-        dst: The new store.
-        up_to_step: The resume step: records with a later step are not copied.
-
-    Returns:
-        The number of records copied.
-
-    Raises:
-        ValueError: For a negative step, or ``src`` and ``dst`` being one store.
-        StoreWriteError: When ``dst`` cannot be written.
-    """
-    if not isinstance(up_to_step, int) or isinstance(up_to_step, bool) or up_to_step < 0:
-        raise ValueError(f"`up_to_step` must be an int >= 0; got {up_to_step!r}")
-    s = src if isinstance(src, RunStore) else RunStore(src)
-    d = dst if isinstance(dst, RunStore) else RunStore(dst)
-    if s.root.resolve() == d.root.resolve():
-        raise ValueError(f"`src` and `dst` are the same store ({s.root}); pass another `dst`")
-    s.flush(raise_errors=False)
-    d.flush()
-    reader = StoreReader(s.root)
-    existing = {r.id for r in d._all_records()}
-    copied = 0
-    for rec in reader.records:
-        h = rec._h()
-        if h.id in existing or (h.step is not None and h.step > up_to_step):
-            continue
-        try:
-            if h.file is not None:
-                _link_or_copy(resolve_array_path(s.root, h.file), d.root / h.file)
-        except StoreDataError as err:  # pragma: no cover - the reader checked the file
-            warnings.warn(f"cnnviz store {s.root}: {err}; not copied", StoreWarning, stacklevel=2)
-            continue
-        except OSError as err:
-            from cnnviz.store.files import write_error
-
-            raise write_error(d.root / h.file, err) from err  # type: ignore[operator]
-        line = {**dataclasses.asdict(h), "meta": to_json(rec)}
-        data = (json.dumps(line, allow_nan=False, sort_keys=True) + "\n").encode()
-        with d._lock:
-            append_line(d.root / MANIFEST, data)
-        copied += 1
-    facts = {k: v for k, v in reader.info.items() if k not in _NOT_COPIED}
-    have = d._read_run_info(warn=False)
-    missing = {k: v for k, v in facts.items() if k not in have}
-    if missing:
-        d.update_run(**missing)
-    return copied
