@@ -36,6 +36,25 @@ def report_path(target: Path) -> Path:
     return out if out.exists() else build_report(store, out, progress=False)
 
 
+WAIT_VISIBLE = r"""
+async () => {
+  await window.cnnviz.ready;
+  const frame = () => new Promise(r => requestAnimationFrame(r));
+  const onScreen = el => {
+    const r = el.getBoundingClientRect();
+    return r.height > 0 && r.bottom > 0 && r.top < innerHeight;
+  };
+  const done = el => el.dataset.state === 'drawn' || el.dataset.state === 'error';
+  for (let i = 0; i < 600; i++) {
+    const figs = Array.from(document.querySelectorAll('.fig[data-fig]')).filter(onScreen);
+    if (figs.every(done)) { return figs.length; }
+    await frame();
+  }
+  return -1;
+}
+"""
+
+
 def shoot(
     report: Path,
     out: Path,
@@ -45,8 +64,12 @@ def shoot(
     height: int,
     full_page: bool,
     chromium: str,
+    open_details: bool = False,
 ) -> Path:
-    """Render every figure of ``report``, scroll to ``anchor`` and save a PNG to ``out``."""
+    """Open ``report``, reveal ``anchor`` (opening its group), draw what is on screen, save a PNG.
+
+    With ``full_page`` every figure is drawn first (slow for reports of deep networks).
+    """
     from playwright.sync_api import sync_playwright
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,18 +85,26 @@ def shoot(
             ),
         )
         page.goto(report.resolve().as_uri())
-        page.evaluate("window.cnnvizRenderAll()")
+        page.wait_for_function("window.cnnviz !== undefined")
         if anchor is None:  # default: the first layer section (filters + activation maps)
             anchor = page.evaluate(
-                "(document.querySelector('nav#toc li.sub a') || {}).getAttribute?.('href')"
+                "(document.querySelector('nav#toc li.layer a') || {}).getAttribute?.('href')"
                 "?.slice(1) || 'overview'"
             )
-        page.evaluate(
-            "id => { const el = document.getElementById(id);"
-            " if (!el) { throw new Error('no element with id ' + id); }"
-            " window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - 8); }",
-            anchor,
-        )
+        found = page.evaluate("id => !!window.cnnviz.reveal(id)", anchor)
+        if not found:
+            raise SystemExit(f"screenshot_report: no element with id {anchor!r}")
+        if open_details:
+            page.evaluate(
+                "id => document.getElementById(id).querySelectorAll('details')"
+                ".forEach(d => { d.open = true; })",
+                anchor,
+            )
+        if full_page:
+            page.evaluate("window.cnnviz.renderAll()")
+        page.evaluate(WAIT_VISIBLE)
+        page.evaluate("id => window.cnnviz.reveal(id)", anchor)
+        page.evaluate(WAIT_VISIBLE)
         page.wait_for_timeout(300)
         page.screenshot(path=str(out), full_page=full_page)
         browser.close()
@@ -88,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=1000)
     p.add_argument("--full-page", action="store_true", help="the whole page, not the viewport")
+    p.add_argument(
+        "--open", action="store_true", help="open the secondary boxes (<details>) of the section"
+    )
     p.add_argument("--chromium", default="/usr/bin/chromium")
     ns = p.parse_args(argv)
     try:
@@ -103,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         height=ns.height,
         full_page=ns.full_page,
         chromium=ns.chromium,
+        open_details=ns.open,
     )
     print(out)
     return 0

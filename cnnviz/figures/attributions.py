@@ -9,8 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cnnviz.figures._common import DIVERGING, base_layout
-from cnnviz.figures._steps import fig_height, plotly_text
+from cnnviz.figures._common import DIVERGING, base_layout, fig_height, plotly_text
 from cnnviz.figures.images import png_data_uri
 
 __all__ = ["attribution_checks_figure", "attributions_figure", "relative_maps"]

@@ -8,8 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cnnviz.figures._common import base_layout
-from cnnviz.figures._steps import plotly_text
+from cnnviz.figures._common import base_layout, plotly_text
 
 __all__ = ["metric_groups", "training_curves_figure"]
 
@@ -85,6 +84,7 @@ def training_curves_figure(
                     y=np.where(np.isfinite(y), y, np.nan),
                     mode="lines+markers",
                     name=plotly_text(shown),
+                    meta=name,
                     line={"color": _COLOURS.get(stage)} if stage in _COLOURS else {},
                     hovertemplate=f"{plotly_text(shown)}<br>epoch %{{x}}: %{{y:.4g}}"
                     "<extra></extra>",

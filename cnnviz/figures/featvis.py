@@ -5,37 +5,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 
-from cnnviz.figures._common import base_layout
-from cnnviz.figures._steps import fig_height, plotly_text
-from cnnviz.figures.images import image_mosaic, jpeg_data_uri
+from cnnviz.figures.mosaic import image_mosaic
+from cnnviz.figures.panels import Cell, Panel
 
-__all__ = ["featvis_figure"]
+__all__ = ["featvis_panel"]
 
 
-def featvis_figure(
+def featvis_panel(
     images: np.ndarray,
     activations: np.ndarray | None = None,
     *,
     layer: str,
     channels: Sequence[int] | None = None,
     columns: int = 8,
-) -> go.Figure:
-    """A grid of optimised inputs, one per channel, labelled with the activation reached.
+) -> Panel:
+    """A grid of optimised inputs, one per channel, labelled with the channel.
 
     Args:
-        images: ``[K, H, W, C]`` (or ``[K, H, W]``) in [0, 1].
+        images: ``[K, H, W, C]`` (or ``[K, H, W]``) in [0, 1]; NaN is drawn white.
         activations: ``[K]`` objective value each image reaches (hover).
         layer: Layer name.
         channels: Real channel index of each image.
         columns: Images per row.
 
     Returns:
-        The figure.
+        The panel (draw it with the report, or :func:`~cnnviz.figures.panels.panel_figure`).
+
+    Raises:
+        ValueError: For images of another shape or a wrong ``channels``.
 
     Example:
-        >>> fig = featvis_figure(images, acts, layer="features.3", channels=[0, 5])
+        >>> panel = featvis_panel(images, acts, layer="features.3", channels=[0, 5])
     """
     imgs = np.asarray(images)
     if imgs.ndim not in (3, 4):
@@ -44,37 +45,20 @@ def featvis_figure(
     real = list(channels) if channels is not None else list(range(k))
     if len(real) != k:
         raise ValueError(f"`channels` has {len(real)} entries for {k} images")
-    mosaic, (rows, cols) = image_mosaic(imgs, columns=min(columns, max(k, 1)), gap=2)
-    name = plotly_text(layer)
-    fig = go.Figure(go.Image(source=jpeg_data_uri(mosaic, quality=90), hoverinfo="skip"))
-    xs, ys, texts = [], [], []
+    mosaic, (_, cols) = image_mosaic(imgs, columns=min(columns, max(k, 1)), gap=2)
+    acts = None if activations is None else np.asarray(activations, dtype=np.float64)
+    cells = []
     for i in range(k):
-        r, c = divmod(i, cols)
-        xs.append(c * (w + 2) + (w - 1) / 2)
-        ys.append(r * (h + 2) + (h - 1) / 2)
-        t = f"{name} channel {real[i]}"
-        if activations is not None:
-            t += f"<br>activation {float(np.asarray(activations)[i]):.4g}"
-        texts.append(t)
-    fig.add_trace(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="markers+text",
-            text=[f"ch {r}" for r in real],
-            textposition="bottom center",
-            textfont={"size": 10, "color": "#333"},
-            hovertext=texts,
-            hovertemplate="%{hovertext}<extra></extra>",
-            marker={"size": 20, "opacity": 0},
-            showlegend=False,
-        )
+        r, cc = divmod(i, cols)
+        t = f"{layer} channel {real[i]}"
+        if acts is not None and i < len(acts):
+            t += f": activation {acts[i]:.4g}"
+        cells.append(Cell(cc * (w + 2), r * (h + 2), w, h, title=t, label=f"ch {real[i]}"))
+    return Panel(
+        image=mosaic,
+        cells=tuple(cells),
+        caption="optimised inputs (hover: activation reached)",
+        scale=max(1.0, min(128 / max(h, 1), 1000 / mosaic.shape[1])),
+        photo=True,
+        title=f"{layer} — feature visualization (inputs optimised to excite each channel)",
     )
-    base_layout(
-        fig,
-        f"{name} — feature visualization (inputs optimised to excite each channel)",
-        height=fig_height(min(760, 140 * rows)),
-    )
-    fig.update_xaxes(visible=False, range=[-0.5, mosaic.shape[1] - 0.5])
-    fig.update_yaxes(visible=False, range=[mosaic.shape[0] + 8, -0.5], scaleanchor="x")
-    return fig

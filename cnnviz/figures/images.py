@@ -1,69 +1,48 @@
-"""Images for figures: PNG data URIs (compact, pixel-exact) from arrays, and mosaics of them."""
+"""Images for figures and pages: PNG and JPEG data URIs (Pillow), and block downsampling.
+
+The mosaic layout itself lives in :mod:`cnnviz.figures.mosaic`; :func:`image_mosaic` is
+re-exported here for the callbacks that import it from this module.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
+from PIL import Image
+
+from cnnviz.figures.mosaic import as_uint8, image_mosaic
 
 __all__ = [
-    "as_uint8_image",
+    "as_uint8",
+    "block_mean",
     "downsample",
     "image_mosaic",
     "jpeg_data_uri",
     "png_bytes",
     "png_data_uri",
+    "shrink_factor",
 ]
 
 
-def as_uint8_image(image: np.ndarray) -> np.ndarray:
-    """An image ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` as uint8 ``[H, W]`` or ``[H, W, 3]``.
+def png_bytes(image: np.ndarray, *, level: int = 9) -> bytes:
+    """Encode an image (see :func:`~cnnviz.figures.mosaic.as_uint8`) as a PNG, grey or RGB.
 
-    Floats are read as [0, 1] (clipped); NaN becomes white. Integer images must be 0..255.
+    Args:
+        image: ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]``; floats in [0, 1] or uint8.
+        level: zlib compression level (0-9).
 
-    Raises:
-        ValueError: If ``image`` is not 2-D or 3-D with 1 or 3 channels.
+    Returns:
+        The PNG file's bytes (pixel exact).
     """
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"`image` must be [H, W], [H, W, 1] or [H, W, 3]; got shape {img.shape}")
-    if img.dtype == np.uint8:
-        return img
-    if np.issubdtype(img.dtype, np.integer):
-        return np.clip(img, 0, 255).astype(np.uint8)
-    f = np.asarray(img, dtype=np.float32)
-    f = np.where(np.isfinite(f), np.clip(f, 0.0, 1.0), 1.0)
-    return (f * 255 + 0.5).astype(np.uint8)
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    body = tag + data
-    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode an image (see :func:`as_uint8_image`) as PNG (grey or RGB, 8 bits)."""
-    img = as_uint8_image(image)
-    h, w = img.shape[:2]
-    colour = 2 if img.ndim == 3 else 0
-    rows = img.reshape(h, -1)
-    raw = b"".join(b"\x00" + rows[r].tobytes() for r in range(h))
-    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw, 9))
-        + _chunk(b"IEND", b"")
-    )
+    buf = io.BytesIO()
+    Image.fromarray(as_uint8(image)).save(buf, format="PNG", compress_level=int(level))
+    return buf.getvalue()
 
 
 def png_data_uri(image: np.ndarray) -> str:
-    """The image as a ``data:image/png;base64,...`` URI (for ``go.Image(source=...)``).
+    """The image as a ``data:image/png;base64,...`` URI.
 
     Example:
         >>> png_data_uri(np.zeros((2, 2))).startswith("data:image/png;base64,")
@@ -73,25 +52,21 @@ def png_data_uri(image: np.ndarray) -> str:
 
 
 def jpeg_data_uri(image: np.ndarray, quality: int = 85) -> str:
-    """The image as a ``data:image/jpeg`` URI.
+    """The image as a ``data:image/jpeg`` URI (no chroma subsampling).
 
     Several times smaller than PNG for photographic or noisy content (dataset patches, feature
-    visualizations). Falls back to PNG when Pillow (a torchvision dependency) is missing.
+    visualizations); colours of few-pixel tiles survive because chroma is not subsampled.
     """
-    img = as_uint8_image(image)
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - torchvision brings Pillow
-        return png_data_uri(img)
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=0)
+    Image.fromarray(as_uint8(image)).save(buf, format="JPEG", quality=int(quality), subsampling=0)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def downsample(images: np.ndarray, max_size: int) -> np.ndarray:
     """Shrink ``[..., H, W, C]`` images by an integer factor, averaging pixel blocks.
 
-    Both sides end up at most ``max_size``.
+    Both sides end up at most ``max_size``; edges are padded by repetition to a multiple of
+    the factor.
 
     Args:
         images: Images with the two spatial axes at positions -3 and -2 (``[..., H, W, C]``).
@@ -101,38 +76,22 @@ def downsample(images: np.ndarray, max_size: int) -> np.ndarray:
         The images, unchanged when already small enough.
     """
     a = np.asarray(images, dtype=np.float32)
-    h, w = a.shape[-3], a.shape[-2]
-    f = int(np.ceil(max(h, w) / max_size)) if max_size > 0 else 1
-    if f <= 1:
+    return block_mean(a, shrink_factor(a.shape[-3], a.shape[-2], max_size))
+
+
+def shrink_factor(height: int, width: int, max_size: int) -> int:
+    """The integer factor :func:`downsample` divides ``height`` and ``width`` by."""
+    return int(np.ceil(max(height, width) / max_size)) if max_size > 0 else 1
+
+
+def block_mean(images: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` × ``factor`` pixel blocks of ``[..., H, W, C]`` images."""
+    a = np.asarray(images, dtype=np.float32)
+    if factor <= 1:
         return a
-    ph, pw = (-h) % f, (-w) % f
+    h, w = a.shape[-3], a.shape[-2]
+    ph, pw = (-h) % factor, (-w) % factor
     pad = [(0, 0)] * (a.ndim - 3) + [(0, ph), (0, pw), (0, 0)]
     a = np.pad(a, pad, mode="edge")
-    shape = (*a.shape[:-3], a.shape[-3] // f, f, a.shape[-2] // f, f, a.shape[-1])
-    return a.reshape(shape).mean(axis=(-4, -2))
-
-
-def image_mosaic(
-    images: np.ndarray, *, columns: int | None = None, gap: int = 1
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Tile ``[K, H, W]`` or ``[K, H, W, C]`` images (floats in [0, 1] or uint8) on white.
-
-    Returns:
-        ``(mosaic uint8 [H', W', 3], (rows, columns))``.
-    """
-    imgs = np.asarray(images)
-    if imgs.ndim == 3:
-        imgs = imgs[..., None]
-    if imgs.ndim != 4 or imgs.shape[3] not in (1, 3):
-        raise ValueError(f"`images` must be [K, H, W] or [K, H, W, 1|3]; got shape {imgs.shape}")
-    k, h, w = imgs.shape[:3]
-    u8 = np.stack([as_uint8_image(im) for im in imgs]) if k else np.zeros((0, h, w), np.uint8)
-    if u8.ndim == 3:
-        u8 = np.repeat(u8[..., None], 3, axis=3)
-    cols = max(1, min(k, columns or int(np.ceil(np.sqrt(max(k, 1))))))
-    rows = max(1, int(np.ceil(k / cols)))
-    out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), 255, np.uint8)
-    for i in range(k):
-        r, cc = divmod(i, cols)
-        out[r * (h + gap) : r * (h + gap) + h, cc * (w + gap) : cc * (w + gap) + w] = u8[i]
-    return out, (rows, cols)
+    shape = (*a.shape[:-3], a.shape[-3] // factor, factor, a.shape[-2] // factor, factor)
+    return a.reshape((*shape, a.shape[-1])).mean(axis=(-4, -2))

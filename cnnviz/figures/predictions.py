@@ -8,8 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cnnviz.figures._common import base_layout
-from cnnviz.figures._steps import plotly_text, step_slider
+from cnnviz.figures._common import base_layout, plotly_text, step_slider
 from cnnviz.figures.images import png_data_uri
 
 __all__ = ["predictions_figure", "top_classes"]

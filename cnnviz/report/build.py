@@ -13,19 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnviz.report.data import RunData, find_store, load_run
-from cnnviz.report.html import Page, PlotlyJS, esc, message_page
-from cnnviz.report.layers import layer_section
+from cnnviz.report.groups import GROUP_FROM, LayerGroup, group_layers, strip_prefix
+from cnnviz.report.html import NavGroup, NavItem, Page, PlotlyJS, esc, message_page, table
+from cnnviz.report.layers import FIGURE_BUDGET, LayerBudget, layer_section
+from cnnviz.report.runinfo import errors_section
 from cnnviz.report.sections import (
+    _first_int,
     attributions_section,
     curves_section,
+    layer_table_rows,
     layer_table_section,
     notes_section,
     overview_section,
     predictions_section,
     writer_state,
 )
+from cnnviz.store.records import ActivationsRecord, ErrorRecord
 
-__all__ = ["build_report", "write_atomic"]
+__all__ = ["PAGE_BYTES", "build_report", "layer_budget", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -79,6 +84,62 @@ def _banner(data: RunData, live: bool) -> str:
     return ""
 
 
+#: Largest report (bytes) the layer sections are sized for: each layer's figures and pictures
+#: get an equal share of what the page has left after plotly.js and the run-level sections.
+PAGE_BYTES = 18_000_000
+#: Bytes kept for plotly.js (embedded) and the sections above the layers.
+_FIXED_BYTES = {"inline": 3_600_000, "cdn": 1_400_000}
+
+
+def layer_budget(
+    layers: int, plotly_js: PlotlyJS = "inline", page_bytes: int = PAGE_BYTES
+) -> LayerBudget:
+    """The :class:`~cnnviz.report.layers.LayerBudget` of each of ``layers`` layer sections.
+
+    A layer section holds about three history figures (filters, activations, ERF; gradients
+    and statistics are smaller) and one or two pictures (top patches, receptive field).
+    """
+    share = max(1, page_bytes - _FIXED_BYTES[plotly_js]) / max(1, layers)
+    figure = int(min(FIGURE_BUDGET, max(20_000, share * 0.28)))
+    patch = 32 if share > 250_000 else 24 if share > 150_000 else 16
+    return LayerBudget(figure=figure, patch_size=patch, secondary=max(10_000, figure // 2))
+
+
+def _output_sizes(data: RunData) -> dict[str, tuple[int, ...]]:
+    """Each layer's output spatial size, from the layer table or the activation records."""
+    sizes = {
+        name: tuple(row.output_shape[1:])
+        for name, row in layer_table_rows(data).items()
+        if row.output_shape
+    }
+    for rec in data.read(ActivationsRecord):
+        if rec.layer and rec.layer not in sizes and len(rec.shape) > 2:
+            sizes[rec.layer] = tuple(rec.shape[2:])
+    return sizes
+
+
+def _group_summary(data: RunData, group: LayerGroup, sizes: dict[str, tuple[int, ...]]) -> str:
+    """The facts in a group's summary line: layers, output sizes, receptive fields."""
+    bits = [f"{len(group.layers)} layers"]
+    shapes = [sizes[n] for n in group.layers if n in sizes]
+    if shapes:
+        first, last = shapes[0], shapes[-1]
+        text = "×".join(map(str, first))
+        if last != first:
+            text += " → " + "×".join(map(str, last))
+        bits.append(f"output {text}")
+    rows = layer_table_rows(data)
+    fields = [_first_int(rows[n].rf_size) for n in group.layers if n in rows]
+    fields = [f for f in fields if f is not None]
+    if fields:
+        lo, hi = min(fields), max(fields)
+        bits.append(f"receptive field {lo}" + (f"–{hi}" if hi != lo else "") + " px")
+    errors = sum(1 for e in data.read(ErrorRecord) if e.layer in group.layers)
+    if errors:
+        bits.append(f"⚠ {errors} errors")
+    return ", ".join(bits)
+
+
 def build_report(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -88,13 +149,18 @@ def build_report(
     live: bool = False,
     progress: bool = True,
     max_events: int = 12,
+    page_bytes: int = PAGE_BYTES,
+    _retry: bool = False,
 ) -> Path:
     """Build the HTML report of a run from its store alone (no model or data needed).
 
-    The page holds an overview (model, data, settings, training curves, layer table),
-    predictions on the probe images, input attributions with their checks, and one section per
-    layer with what the run recorded for it (filters, activation maps, receptive fields, top
-    patches, Grad-CAM, feature visualization). Figures are drawn when scrolled into view.
+    The page opens on an overview (model, data, what cnnviz left out, the time ledger), then
+    callback errors, training curves, the layer table, predictions on the probe images, input
+    attributions with their checks, and one section per layer with what the run recorded for
+    it (filters and their gradients, activation maps, receptive fields, top patches,
+    Grad-CAM, feature visualisation). A network with more than 12 recorded layers gets its
+    layers in collapsed groups (by module and stage) and a layer picker in the navigation.
+    Figures are drawn when they come into view (or their group is opened).
 
     Args:
         path: The run directory (holding ``cnnviz/``), the store itself, or a parent with
@@ -103,9 +169,12 @@ def build_report(
         plotly_js: ``"inline"`` (plotly.js included once; no network needed) or ``"cdn"``
             (linked from cdn.plot.ly: about 4.8 MB smaller, needs the network).
         title: Page title (default from the model and data names).
-        live: While the run's status is ``running``, the page reloads itself every 5 s.
+        live: While the run's status is ``running``, the page reloads itself every 5 s
+            (and stops when the writer's heartbeat is older than a minute).
         progress: Print a progress line per section to stderr.
         max_events: Most events per slider (evenly spaced; first and last kept).
+        page_bytes: The size the layer sections are fitted to (events are thinned and
+            patches shrunk for networks with many layers).
 
     Returns:
         The path written. When the store holds no records, a page that says so is written.
@@ -113,7 +182,7 @@ def build_report(
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ReportError: If no run store (or more than one) is found under ``path``.
-        ValueError: For a bad ``plotly_js`` or ``max_events``.
+        ValueError: For a bad ``plotly_js``, ``max_events`` or ``page_bytes``.
 
     Example:
         >>> build_report("runs/lenet5-shapes32-20250101-120000")
@@ -123,6 +192,8 @@ def build_report(
         raise ValueError(f"`plotly_js` must be 'inline' or 'cdn'; got {plotly_js!r}")
     if not isinstance(max_events, int) or max_events < 1:
         raise ValueError(f"`max_events` must be a positive int; got {max_events!r}")
+    if not isinstance(page_bytes, int) or page_bytes < 1_000_000:
+        raise ValueError(f"`page_bytes` must be an int of at least 1 000 000; got {page_bytes!r}")
     start = time.perf_counter()
     data = load_run(find_store(path))
     target = Path(out) if out is not None else data.run_dir / "report.html"
@@ -158,9 +229,15 @@ def build_report(
         built=time.time(),
     )
     layers = data.layers()
+    sizes = _output_sizes(data)
+    groups = group_layers(layers, sizes)
+    grouped = len(groups) > 1
+    page.picker = len(layers) > GROUP_FROM
+    budget = layer_budget(len(layers), plotly_js, page_bytes)
     anchors = {layer: page.new_id(f"layer-{layer}") for layer in layers}
-    steps: list[tuple[str, Callable[[], None]]] = [
+    steps: list[tuple[str, Callable[[], object]]] = [
         ("overview", lambda: overview_section(data, page, page_title)),
+        ("callback errors", lambda: errors_section(data, page)),
         ("training curves", lambda: curves_section(data, page)),
         ("layer table", lambda: layer_table_section(data, page, anchors)),
         ("predictions", lambda: predictions_section(data, page, max_events=max_events)),
@@ -170,35 +247,89 @@ def build_report(
     for i, (name, step) in enumerate(steps, start=1):
         say(f"[{i}/{total}] {name}")
         _guarded(page, name, step)
+    page.mark_top()
     if layers:
-        page.nav("layers", "Layers")
-        page.add_section(
-            "layers",
-            f"<h2>Layers</h2><p class=note>{len(layers)} layers with "
-            "recorded data, in the model's order.</p>",
-        )
-    for j, layer in enumerate(layers, start=len(steps) + 1):
-        say(f"[{j}/{total}] layer {layer}")
-        anchor = anchors[layer]
-        kind: list[str | None] = [None]
+        page.nav("layers", "Layers", kind=f"{len(layers)}")
+        page.add_section("layers", _layers_intro(data, groups if grouped else [], sizes, anchors))
+    errors_by_layer: dict[str, int] = {}
+    for e in data.read(ErrorRecord):
+        if e.layer:
+            errors_by_layer[e.layer] = errors_by_layer.get(e.layer, 0) + 1
+    j = len(steps)
+    group_labels = strip_prefix([g.title for g in groups], layers) if grouped else []
+    for gi, group in enumerate(groups):
+        items: list[NavItem] = []
+        short = strip_prefix(group.layers, group.layers) if grouped else list(group.layers)
+        if grouped:
+            gid = page.new_id(f"group-{group.title}")
+            page.raw(
+                f'<details class="group" id="{esc(gid)}"><summary><span>{esc(group.title)}'
+                f'</span><span class="sum-facts">{esc(_group_summary(data, group, sizes))}'
+                '</span></summary><div class="group-body">'
+            )
+        for layer, label in zip(group.layers, short, strict=True):
+            j += 1
+            say(f"[{j}/{total}] layer {layer}")
+            anchor = anchors[layer]
+            kind: list[str | None] = [None]
 
-        def run(layer: str = layer, anchor: str = anchor, kind: list = kind) -> None:
-            kind[0] = layer_section(data, page, layer, anchor, max_events=max_events)
+            def run(layer: str = layer, anchor: str = anchor, kind: list = kind) -> None:
+                kind[0] = layer_section(
+                    data, page, layer, anchor, max_events=max_events, budget=budget
+                )
 
-        if _guarded(page, f"layer {layer}", run, anchor=anchor):
-            page.nav(anchor, layer, level=1, kind=kind[0] or "")
+            ok = _guarded(page, f"layer {layer}", run, anchor=anchor)
+            mark = f"⚠ {errors_by_layer[layer]}" if errors_by_layer.get(layer) else ""
+            items.append(
+                NavItem(
+                    anchor,
+                    label,
+                    1,
+                    (kind[0] or "") if ok else "error",
+                    mark if ok else "⚠",
+                    name=layer,
+                )
+            )
+        if grouped:
+            page.raw("</div></details>")
+            bad = sum(1 for it in items if it.mark)
+            page.nav_group(
+                NavGroup(
+                    gid,
+                    group_labels[gi],
+                    tuple(items),
+                    f"⚠ {bad}" if bad else "",
+                    name=group.title,
+                )
+            )
         else:
-            page.nav(anchor, layer, level=1, kind="error")
-    # The notes go right after the overview: they include what the sections above found.
+            page.toc.extend(items)
     before = len(page.sections)
     _guarded(page, "notes", lambda: notes_section(data, page))
     if len(page.sections) > before:
-        page.sections.insert(1, page.sections.pop())
-        if page.toc and page.toc[-1][0] == "notes":
+        page.sections.insert(1, page.sections.pop())  # right after the overview
+        if page.top is not None:
+            page.top = (page.top[0] + 1, page.top[1])
+        if page.toc and isinstance(page.toc[-1], NavItem) and page.toc[-1].anchor == "notes":
             page.toc.insert(1, page.toc.pop())
     html_text = page.render(banner=_banner(data, live))
-    write_atomic(target, html_text)
     size = len(html_text.encode("utf-8"))
+    if size > page_bytes * 1.1 and len(layers) > GROUP_FROM and not _retry:
+        # the per-layer shares were estimates: build once more with what they really took
+        smaller = max(1_000_000, int(page_bytes * page_bytes / size * 0.95))
+        say(f"{size / 1e6:.1f} MB is over {page_bytes / 1e6:.0f} MB: fitting the layers again")
+        return build_report(
+            path,
+            out,
+            plotly_js=plotly_js,
+            title=title,
+            live=live,
+            progress=progress,
+            max_events=max_events,
+            page_bytes=smaller,
+            _retry=True,
+        )
+    write_atomic(target, html_text)
     say(
         f"wrote {target} ({size / 1e6:.1f} MB, {len(page.scripts)} figures, "
         f"{time.perf_counter() - start:.1f} s)"
@@ -206,7 +337,34 @@ def build_report(
     return target
 
 
-def _guarded(page: Page, name: str, step: Callable[[], None], *, anchor: str | None = None) -> bool:
+def _layers_intro(
+    data: RunData,
+    groups: list[LayerGroup],
+    sizes: dict[str, tuple[int, ...]],
+    anchors: dict[str, str],
+) -> str:
+    """The heading of the layer sections; with groups, a table of them."""
+    n = len(anchors)
+    if not groups:
+        return (
+            f"<h2>Layers</h2><p class=note>{n} layers with recorded data, in the model's order.</p>"
+        )
+    rows = []
+    for group in groups:
+        first = anchors[group.layers[0]]
+        link = f'<a href="#{esc(first)}">{esc(group.title)}</a>'
+        rows.append([link, esc(_group_summary(data, group, sizes))])
+    return (
+        f"<h2>Layers</h2><p class=note>{n} layers with recorded data, in the model's order, in "
+        f"{len(groups)} groups (by module and stage). Each group is collapsed: open it (or pick "
+        "a layer in the navigation's search box) and its figures are drawn as they come into "
+        "view.</p>" + table(["group", "what it holds"], rows, raw=[0, 1], wrap=[1])
+    )
+
+
+def _guarded(
+    page: Page, name: str, step: Callable[[], object], *, anchor: str | None = None
+) -> bool:
     """Run one section; a failure becomes a visible error card (and a warning), not a lost page."""
     try:
         step()

@@ -9,7 +9,8 @@ A figure becomes ``{"data": [...], "layout": {...}}`` with three savings over ``
   space; the page decodes them (``DecompressionStream``) before drawing. Small float arrays
   become lists rounded to 4 significant digits;
 - a list that occurs several times in one figure (the same axis categories or colour scale on
-  many traces) is stored once, in ``"_shared"``, and referenced as ``{"_ref": i}``.
+  many traces) is stored once, in ``"_shared"``, and referenced as ``{"_ref": i}``;
+- an ``image`` trace's uint8 RGB ``z`` becomes a PNG ``source``.
 
 Integer arrays keep Plotly's own typed-array form (``dtype``/``bdata``), in the smallest type.
 """
@@ -159,6 +160,7 @@ def compact_figure(fig: go.Figure | dict[str, Any], *, bits: int = 16) -> dict[s
     if bits not in (8, 16):
         raise ValueError(f"`bits` must be 8 or 16; got {bits!r}")
     raw = fig.to_plotly_json() if isinstance(fig, go.Figure) else dict(fig)
+    raw = {**raw, "data": [_image_source(t) for t in raw.get("data", [])]}
     layout = dict(raw.get("layout", {}))
     layout.pop("template", None)
     shared: list[list[Any]] = []
@@ -199,6 +201,23 @@ def compact_figure(fig: go.Figure | dict[str, Any], *, bits: int = 16) -> dict[s
         out = _resolve(out, shared, remap)
         if keep:
             out["_shared"] = [shared[i] for i in keep]
+    return out
+
+
+def _image_source(trace: dict[str, Any]) -> dict[str, Any]:
+    """An ``image`` trace's uint8 ``z`` pixels as a PNG ``source`` (several times smaller)."""
+    if trace.get("type") != "image" or "z" not in trace or trace.get("source"):
+        return trace
+    z = trace["z"]
+    if isinstance(z, dict) and "bdata" in z:
+        z = _decode_typed(z)
+    z = np.asarray(z)
+    if z.dtype != np.uint8 or z.ndim != 3 or z.shape[2] != 3:
+        return trace
+    from cnnviz.figures.images import png_data_uri
+
+    out = {k: v for k, v in trace.items() if k not in ("z", "colormodel", "zmin", "zmax")}
+    out["source"] = png_data_uri(z)
     return out
 
 

@@ -20,11 +20,21 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from cnnviz._text import safe_text
-from cnnviz.report.assets import APP_JS, STYLE
+from cnnviz.report.assets import APP_JS, STYLE, fill
 from cnnviz.report.encode import compact_figure, dumps_for_script
 from cnnviz.store.reader import HEARTBEAT_STALE
 
-__all__ = ["Page", "esc", "facts", "message_page", "neutral_json", "table", "update_live_heartbeat"]
+__all__ = [
+    "NavGroup",
+    "NavItem",
+    "Page",
+    "esc",
+    "facts",
+    "message_page",
+    "neutral_json",
+    "table",
+    "update_live_heartbeat",
+]
 
 PlotlyJS = Literal["inline", "cdn"]
 RELOAD_MS = 5000
@@ -67,16 +77,25 @@ def facts(items: Iterable[tuple[str, Any]], *, raw: bool = False) -> str:
 
 
 def table(
-    header: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Sequence[int] = ()
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    numeric: Sequence[int] = (),
+    wrap: Sequence[int] = (),
+    raw: Sequence[int] = (),
 ) -> str:
-    """An HTML table; every cell is escaped; columns in ``numeric`` are right-aligned."""
+    """An HTML table; every cell is escaped except in ``raw`` columns (which must be HTML).
+
+    Columns in ``numeric`` are right-aligned; long text in ``wrap`` columns wraps.
+    """
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for row in rows:
-        cells = "".join(
-            f"<td{' class=num' if i in numeric else ''}>{esc(v)}</td>" for i, v in enumerate(row)
-        )
-        body.append(f"<tr>{cells}</tr>")
+        cells = []
+        for i, v in enumerate(row):
+            css = " class=num" if i in numeric else " class=wrap" if i in wrap else ""
+            cells.append(f"<td{css}>{v if i in raw else esc(v)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         f'<div class="tablewrap"><table class="grid"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
@@ -117,6 +136,38 @@ def _plotly_script(plotly_js: PlotlyJS) -> str:
     return f'<script src="{esc(url)}" charset="utf-8"></script>'
 
 
+@dataclass(frozen=True)
+class NavItem:
+    """One entry of the navigation.
+
+    Attributes:
+        anchor: The element id it links to.
+        label: Its text.
+        level: 0 for page sections, 1 for layers.
+        kind: A small grey note (the layer type).
+        mark: A red mark (``"⚠ 2"``: errors).
+        name: The full name (hover text, and what the layer picker matches; default ``label``).
+    """
+
+    anchor: str
+    label: str
+    level: int = 0
+    kind: str = ""
+    mark: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class NavGroup:
+    """A group of layers in the navigation (a collapsible list)."""
+
+    anchor: str
+    label: str
+    layers: tuple[NavItem, ...]
+    mark: str = ""
+    name: str = ""
+
+
 @dataclass
 class Page:
     """Collects the sections, navigation and figures of one report page.
@@ -139,18 +190,25 @@ class Page:
     heartbeat: float | None = None
     built: float | None = None
     sections: list[str] = field(default_factory=list)
-    toc: list[tuple[str, str, int, str]] = field(default_factory=list)
+    toc: list[NavItem | NavGroup] = field(default_factory=list)
     scripts: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     figure_bytes: int = 0
+    picker: bool = False
+    pictures: dict[str, str] = field(default_factory=dict)
+    top: tuple[int, int] | None = None
 
     def new_id(self, text: str) -> str:
         """A unique element id for ``text``."""
         return slug(text, self.ids)
 
-    def nav(self, anchor: str, label: str, level: int = 0, kind: str = "") -> None:
-        """Add a table-of-contents entry pointing at ``#anchor``."""
-        self.toc.append((anchor, label, level, kind))
+    def nav(self, anchor: str, label: str, level: int = 0, kind: str = "", mark: str = "") -> None:
+        """Add a navigation entry pointing at ``#anchor``."""
+        self.toc.append(NavItem(anchor, label, level, kind, mark))
+
+    def nav_group(self, group: NavGroup) -> None:
+        """Add a collapsible group of layer entries to the navigation."""
+        self.toc.append(group)
 
     @staticmethod
     def encode(fig: go.Figure, *, bits: int = 16) -> str:
@@ -189,14 +247,63 @@ class Page:
         """Append a ``<section>`` with id ``anchor``."""
         self.sections.append(f'<section class="{css}" id="{esc(anchor)}">{body}</section>')
 
+    def mark_top(self) -> None:
+        """End of the first screens: what is above is drawn while the rest is still loading.
+
+        The figures registered so far are embedded right after these sections (the rest at
+        the end of the page), and drawing starts there: a reader need not wait for the whole
+        file to be parsed.
+        """
+        self.top = (len(self.sections), len(self.scripts))
+
+    def raw(self, html_text: str) -> None:
+        """Append trusted HTML (group wrappers) between sections."""
+        self.sections.append(html_text)
+
+    def _nav_html(self) -> str:
+        parts = ['<div class="brand">cnnviz report</div>']
+        layers = sum(
+            len(t.layers) if isinstance(t, NavGroup) else int(t.level > 0) for t in self.toc
+        )
+        if self.picker and layers:
+            idle = f"{layers} layers; type part of a name"
+            parts.append(
+                '<div class="picker"><input id="layer-filter" type="search" '
+                f'placeholder="Find a layer…" autocomplete="off" aria-label="Find a layer">'
+                f'<div class="hint" id="layer-filter-hint" data-idle="{esc(idle)}">{esc(idle)}'
+                "</div></div>"
+            )
+        parts.append("<ul>")
+
+        def item(t: NavItem) -> str:
+            extra = f' <span class="kind">{esc(t.kind)}</span>' if t.kind else ""
+            mark = f' <span class="mark">{esc(t.mark)}</span>' if t.mark else ""
+            if t.level:
+                full = esc(t.name or t.label)
+                return (
+                    f'<li class="sub layer" data-name="{full}"><a href="#{esc(t.anchor)}"'
+                    f' title="{full}">{esc(t.label)}{mark}{extra}</a></li>'
+                )
+            return f'<li><a href="#{esc(t.anchor)}">{esc(t.label)}{mark}{extra}</a></li>'
+
+        for t in self.toc:
+            if isinstance(t, NavGroup):
+                mark = f' <span class="mark">{esc(t.mark)}</span>' if t.mark else ""
+                inner = "".join(item(x) for x in t.layers)
+                parts.append(
+                    f'<li class="group"><details><summary><a href="#{esc(t.anchor)}" '
+                    f'title="{esc(t.name or t.label)}">{esc(t.label)}{mark} <span class="kind">'
+                    f"{len(t.layers)}</span></a></summary><ul>{inner}</ul></details></li>"
+                )
+            else:
+                parts.append(item(t))
+        parts.append("</ul>")
+        return "".join(parts)
+
     def render(self, *, banner: str = "") -> str:
         """The complete HTML document."""
-        nav = ['<div class="brand">cnnviz report</div><ul>']
-        for anchor, label, level, kind in self.toc:
-            extra = f' <span class="kind">{esc(kind)}</span>' if kind else ""
-            cls = ' class="sub"' if level else ""
-            nav.append(f'<li{cls}><a href="#{esc(anchor)}">{esc(label)}</a>{extra}</li>')
-        nav.append("</ul>")
+        from cnnviz.report.gallery import pictures_css
+
         config = {
             "live": bool(self.live),
             "status": self.status,
@@ -206,35 +313,39 @@ class Page:
             "stale_s": HEARTBEAT_STALE,
             "template": _template(),
         }
-        return "".join(
-            [
-                '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-                '<meta name="viewport" content="width=device-width, initial-scale=1">',
-                '<meta name="generator" content="cnnviz">',
-                f"<title>{esc(self.title)}</title><style>{STYLE}</style>",
-                _plotly_script(self.plotly_js),
-                '</head><body><div class="layout"><nav id="toc">',
-                "".join(nav),
-                "</nav><main>",
-                banner,
-                "".join(self.sections),
-                "</main></div>",
-                '<script type="application/json" id="cnnviz-config">'
-                f"{neutral_json(dumps_for_script(config))}</script>",
-                "".join(self.scripts),
-                f"<script>{APP_JS}</script></body></html>\n",
-            ]
+        top_sections, top_scripts = self.top or (len(self.sections), len(self.scripts))
+        main = [
+            *self.sections[:top_sections],
+            *self.scripts[:top_scripts],
+            "<script>window.cnnviz.start();</script>",
+            *self.sections[top_sections:],
+        ]
+        return fill(
+            "page.html",
+            {
+                "title": esc(self.title),
+                "style": STYLE + pictures_css(self.pictures),
+                "plotly": _plotly_script(self.plotly_js),
+                "nav": self._nav_html(),
+                "banner": banner,
+                "main": "".join(main),
+                "config": neutral_json(dumps_for_script(config)),
+                "figures": "".join(self.scripts[top_scripts:]),
+                "app": APP_JS,
+            },
         )
 
 
 def message_page(title: str, message: str, details: Mapping[str, Any] | None = None) -> str:
     """A small page that explains why there is nothing to show (no plotly.js, no script)."""
-    rows = facts((details or {}).items())
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f'<div class="message"><h1>{esc(title)}</h1><p>{esc(message)}</p>{rows}</div>'
-        "</body></html>\n"
+    return fill(
+        "message.html",
+        {
+            "title": esc(title),
+            "style": STYLE,
+            "message": esc(message),
+            "details": facts((details or {}).items()),
+        },
     )
 
 

@@ -1,6 +1,9 @@
 """The per-layer sections of the report, ConvNetJS-style.
 
-Each section has a header with the layer's facts, then whatever the run recorded for it.
+Each section has a header with the layer's facts, then whatever the run recorded for it:
+filters (and their gradients), activation maps (saying which tensor was read), the receptive
+field (local and global), the effective receptive field, top dataset patches (padding marked),
+Grad-CAM and feature visualisation. What a section leaves out, it says, and why.
 """
 
 from __future__ import annotations
@@ -8,19 +11,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import plotly.graph_objects as go
 
-from cnnviz.figures._steps import plotly_text
-from cnnviz.figures.activations import activation_stats_figure
+from cnnviz.figures._common import plotly_text
+from cnnviz.figures.activations import activation_stats_figure, activations_figure
 from cnnviz.figures.attributions import attributions_figure
-from cnnviz.figures.filters import filter_norms_figure
-from cnnviz.figures.layer_history import activation_history_figure, filter_history_figure
-from cnnviz.figures.receptive_field import erf_figure
+from cnnviz.figures.featvis import featvis_panel
+from cnnviz.figures.filters import filter_norms_figure, filters_figure
+from cnnviz.figures.receptive_field import erf_figure, receptive_field_panel
+from cnnviz.figures.topk import patch_inside, topk_panel
 from cnnviz.report.data import RunData, pick_events
-from cnnviz.report.gallery import featvis_panel, receptive_field_panel, topk_panel
+from cnnviz.report.gallery import panel_html
 from cnnviz.report.html import Page, esc
 from cnnviz.report.sections import (
     _array,
@@ -40,6 +45,7 @@ from cnnviz.store.records import (
     ErrorRecord,
     FeatvisRecord,
     FiltersRecord,
+    ProbeRecord,
     ReceptiveFieldRecord,
     StoreRecord,
     TableRow,
@@ -48,7 +54,7 @@ from cnnviz.store.records import (
 
 R = TypeVar("R", bound=StoreRecord)
 
-__all__ = ["layer_section", "param_formula"]
+__all__ = ["FIGURE_BUDGET", "LayerBudget", "layer_section", "param_formula", "read_label"]
 
 
 def param_formula(full_shape: Sequence[int], bias: bool | None) -> str:
@@ -74,6 +80,22 @@ def param_formula(full_shape: Sequence[int], bias: bool | None) -> str:
 FIGURE_BUDGET = 1_200_000
 
 
+@dataclass(frozen=True)
+class LayerBudget:
+    """How many bytes a layer's section may take in the page.
+
+    Attributes:
+        figure: Bytes per history figure (filters, activations, ERF); older events are
+            thinned out to fit, down to the newest one.
+        patch_size: Largest side of a top-k patch (pixels) drawn in the page.
+        secondary: Bytes per figure in a closed box (weight gradients).
+    """
+
+    figure: int = FIGURE_BUDGET
+    patch_size: int = 32
+    secondary: int = FIGURE_BUDGET
+
+
 def fit_events(
     page: Page,
     records: list[R],
@@ -86,8 +108,8 @@ def fit_events(
 ) -> tuple[str, list[R]]:
     """Build a history figure over at most ``max_events`` events, within a size budget.
 
-    Evenly spaced events are dropped (never the first or last) until the encoded figure
-    fits ``budget`` bytes.
+    Evenly spaced events are dropped (the first and the last kept while there are two) until
+    the encoded figure fits ``budget`` bytes; a single event (the newest) is the least shown.
 
     Returns:
         The figure's HTML slot and the records shown.
@@ -96,19 +118,25 @@ def fit_events(
     while True:
         fig = build(chosen)
         payload = page.encode(fig, bits=bits)
-        if len(payload) <= budget or len(chosen) <= 2:
+        if len(payload) <= budget or len(chosen) <= 1:
             slot = page.figure(fig, bits=bits, payload=payload, scale_toggle=scale_toggle)
             return slot, chosen
-        fewer = max(2, min(len(chosen) - 1, int(len(chosen) * budget / len(payload))))
-        chosen = pick_events(records, fewer)
+        fewer = max(1, min(len(chosen) - 1, int(len(chosen) * budget / len(payload))))
+        chosen = [records[-1]] if fewer == 1 else pick_events(records, fewer)
 
 
 def _thinned(shown: Sequence[Any], total: Sequence[Any]) -> str:
     if len(shown) == len(total):
         return ""
+    which = (
+        f"only the newest, {esc(shown[-1].label)}, is"
+        if len(shown) == 1
+        else f"{len(shown)} evenly spaced ones are"
+    )
     return (
-        f"<p class=note>Showing {len(shown)} of {len(total)} logged events (evenly spaced, "
-        "to keep the page small); the run store holds them all.</p>"
+        f"<p class=left-out>{len(total) - len(shown)} of {len(total)} logged events are not "
+        f"shown here ({which}, to keep the page within its size); the run store holds them "
+        "all.</p>"
     )
 
 
@@ -126,6 +154,65 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _axes(value: Any, n: int = 2) -> tuple[int, ...] | None:
+    """A per-axis value (an int or a list) as ``n`` ints, else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return (int(value),) * n
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == n
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        return tuple(int(v) for v in value)
+    return None
+
+
+def _short_name(module: str, layer: str) -> str:
+    """``module`` relative to the layer's parent (``layer1.0.bn1`` -> ``bn1``)."""
+    parent = layer.rsplit(".", 1)[0] + "." if "." in layer else ""
+    return module[len(parent) :] if parent and module.startswith(parent) else module
+
+
+def read_label(rec: ActivationsRecord | TopkRecord, layer: str) -> tuple[str, str, bool]:
+    """What tensor a record read: ``(note, chip, post_activation)``.
+
+    ``post_activation`` is ``False`` for conv maps read before any activation (``norm``,
+    ``raw``): their zeros are not dead units.
+    """
+    stage = getattr(rec, "stage", None)
+    path = [str(p) for p in getattr(rec, "read_path", ()) or ()]
+    src = rec.read_from
+    steps = " → ".join(_short_name(p, layer) for p in path)
+    if stage == "norm":
+        where = f" (read after {steps})" if steps else ""
+        return (
+            f"Pre-activation: no activation follows this conv, so its maps are read after its "
+            f"normalisation{where}. Values are signed and a zero is not a dead unit.",
+            "pre-activation (after the norm)",
+            False,
+        )
+    if stage == "raw":
+        return (
+            "Raw conv output: neither a normalisation nor an activation follows this conv, so "
+            "its own output is shown (signed; a zero is not a dead unit).",
+            "raw conv output",
+            False,
+        )
+    if stage == "activation":
+        if steps:
+            return f"Read after {steps}: what the unit fires.", f"read after {steps}", True
+        if src and src != layer:
+            short = _short_name(src, layer)
+            return f"Read after {short}: what the unit fires.", f"read after {short}", True
+        return "Read after its activation: what the unit fires.", "post-activation", True
+    if src and src != layer:
+        short = _short_name(src, layer)
+        return f"Read after {short} (what the layer fires).", f"read after {short}", True
+    return "", "", True
 
 
 def _layer_type(data: RunData, layer: str, row: TableRow | None) -> str | None:
@@ -164,16 +251,19 @@ def _header(data: RunData, layer: str, row: TableRow | None) -> tuple[str, str |
         if m:
             chips.append(_chip(f"filter {m.group(1)}, stride {m.group(2)}, padding {m.group(3)}"))
     if act is not None:
+        _, read_chip, post = read_label(act, layer)
+        if read_chip:
+            chips.append(_chip(read_chip, "" if post else "pre"))
         lo_a, hi_a, zf = _array(act, "min"), _array(act, "max"), _array(act, "zero_fraction")
         lo = hi = None
         if lo_a is not None and hi_a is not None and np.isfinite(lo_a).any():
             lo, hi = float(np.nanmin(lo_a[np.isfinite(lo_a)])), float(np.nanmax(hi_a))
         if lo is not None and hi is not None and math.isfinite(hi):
-            chips.append(_chip(f"activations {lo:.3g} … {hi:.3g} (at {act.label})"))
-        if zf is not None and zf.size:
+            chips.append(_chip(f"values {lo:.3g} … {hi:.3g} (at {act.label})"))
+        if zf is not None and zf.size and post:
             dead = int((zf >= 1.0).sum())
             if dead:
-                chips.append(_chip(f"{dead} channels all zero on the probe", "warn"))
+                chips.append(_chip(f"{dead} channels all zero on the probe (dead units?)", "warn"))
         if act.nonfinite:
             chips.append(_chip(f"{act.nonfinite} NaN/Inf outputs at {act.label}", "bad"))
     filt = data.latest(FiltersRecord, layer)
@@ -190,7 +280,9 @@ def _header(data: RunData, layer: str, row: TableRow | None) -> tuple[str, str |
     return title + f'<div class="chips">{"".join(chips)}</div>', kind
 
 
-def _filters(data: RunData, page: Page, layer: str, max_events: int) -> list[str]:
+def _filters(
+    data: RunData, page: Page, layer: str, max_events: int, budget: LayerBudget
+) -> list[str]:
     allrecs = data.same_shape(data.read(FiltersRecord, layer), "weight", f"{layer} filters")
     if not allrecs:
         return []
@@ -202,7 +294,7 @@ def _filters(data: RunData, page: Page, layer: str, max_events: int) -> list[str
         slot, chosen = fit_events(
             page,
             allrecs,
-            lambda recs: filter_history_figure(
+            lambda recs: filters_figure(
                 [r.weight for r in recs],
                 [r.label for r in recs],
                 layer=layer,
@@ -211,6 +303,7 @@ def _filters(data: RunData, page: Page, layer: str, max_events: int) -> list[str
             ),
             max_events=max_events,
             bits=8,
+            budget=budget.figure * (3 if last.rgb else 1),  # a first layer's colour filters
         )
         shown_recs[:] = chosen
         return [slot]
@@ -221,8 +314,10 @@ def _filters(data: RunData, page: Page, layer: str, max_events: int) -> list[str
     shown = np.shape(last.weight)
     if full and tuple(full[:2]) != tuple(shown[:2]):
         out.append(
-            f"<p class=note>Showing {shown[0]} of {full[0]} filters and {shown[1]} of "
-            f"{full[1]} input channels (the run's <code>max_channels</code> settings).</p>"
+            f"<p class=left-out>{full[0] - shown[0]} of {full[0]} filters and "
+            f"{full[1] - shown[1]} of {full[1]} input channels are not drawn (the first "
+            f"{shown[0]} × {shown[1]} are: FilterWeights' <code>max_channels</code> and "
+            "<code>max_in_channels</code>); the norms below cover every filter.</p>"
         )
     flags = []
     for key, css in (("dead", "bad"), ("unchanged", "warn")):
@@ -242,22 +337,83 @@ def _filters(data: RunData, page: Page, layer: str, max_events: int) -> list[str
         if len(recs) != len(allrecs) or not recs:
             return []
         arrays = [np.asarray(r.norms) for r in recs]
-        nfig = filter_norms_figure(
-            np.stack(arrays), [r.label for r in recs], layer=plotly_text(layer)
-        )
-        nfig.update_layout(height=min(520, 160 + 4 * arrays[0].shape[0]))
-        nfig.update_xaxes(type="category")
-        nfig.update_layout(margin={"l": 60})
+        nfig = filter_norms_figure(np.stack(arrays), [r.label for r in recs], layer=layer)
+        nfig.update_layout(height=min(520, 160 + 4 * arrays[0].shape[0]), margin={"l": 60})
         return [
             '<details class="more"><summary>Filter norms at every event (dead and unchanged '
             f"filters)</summary>{page.figure(nfig)}</details>"
         ]
 
     out += guarded(data, f"{layer}: filter norms", norms)
+    out += guarded(
+        data, f"{layer}: weight gradients", lambda: _gradients(data, page, layer, allrecs, budget)
+    )
     return out
 
 
-def _activations(data: RunData, page: Page, layer: str, max_events: int) -> list[str]:
+def _gradients(
+    data: RunData,
+    page: Page,
+    layer: str,
+    allrecs: list[FiltersRecord],
+    budget: LayerBudget,
+) -> list[str]:
+    """The weight gradients of the logged steps (``grad``, ``grad_norms``), in a closed box."""
+    with_grad = data.same_shape(
+        [r for r in allrecs if "grad" in r.array_names()], "grad", f"{layer} weight gradients"
+    )
+    if not with_grad:
+        return []
+    last = with_grad[-1]
+    slot, chosen = fit_events(
+        page,
+        with_grad,
+        lambda recs: filters_figure(
+            [r.grad for r in recs],
+            [r.label for r in recs],
+            layer=layer,
+            channels=list(last.channels) or None,
+            title=f"{plotly_text(layer)} — weight gradients of the logged step "
+            "(columns: filters, rows: input channels)",
+            what="gradient",
+        ),
+        max_events=len(with_grad),
+        bits=8,
+        budget=budget.secondary,
+    )
+    parts = [slot, _thinned(chosen, with_grad)]
+    norm_recs = data.same_shape(with_grad, "grad_norms", f"{layer} gradient norms")
+    if norm_recs:
+        gfig = filter_norms_figure(
+            np.stack([np.asarray(r.grad_norms) for r in norm_recs]),
+            [r.label for r in norm_recs],
+            layer=layer,
+            what="‖∇w‖",
+            title=f"{plotly_text(layer)} — gradient norm per filter",
+        )
+        size = np.asarray(norm_recs[-1].grad_norms).shape[0]
+        gfig.update_layout(height=min(520, 160 + 4 * size), margin={"l": 60})
+        parts.append(page.figure(gfig))
+    missing = len(allrecs) - len(with_grad)
+    note = (
+        f" {missing} events have none (at the start, before the first optimizer step)."
+        if missing
+        else ""
+    )
+    return [
+        '<details class="more"><summary>Weight gradients of the logged steps (what the '
+        f"optimizer pushed the filters towards; {len(with_grad)} events)</summary>"
+        "<p class=note>The gradient of the loss with respect to each weight at the optimizer "
+        "step of each event (the same slices as the filters), and its norm per filter: a "
+        f"filter whose gradient stays at zero no longer learns.{note}</p>"
+        + "".join(parts)
+        + "</details>"
+    ]
+
+
+def _activations(
+    data: RunData, page: Page, layer: str, max_events: int, budget: LayerBudget
+) -> list[str]:
     allrecs = data.same_shape(
         data.read(ActivationsRecord, layer), "maps", f"{layer} activation maps"
     )
@@ -268,21 +424,29 @@ def _activations(data: RunData, page: Page, layer: str, max_events: int) -> list
     n = shape[0]
     probe = probe_info(data, n)
     channels = _array(last, "channels")
+    note, _, post = read_label(last, layer)
+    value = "activation" if post else "pre-activation"
     shown_recs: list[ActivationsRecord] = []
 
     def history() -> list[str]:
         slot, chosen = fit_events(
             page,
             allrecs,
-            lambda recs: activation_history_figure(
+            lambda recs: activations_figure(
                 [r.maps for r in recs],
                 [r.label for r in recs],
                 layer=layer,
                 channels=None if channels is None else [int(c) for c in channels],
                 probe_labels=probe.labels if len(probe.labels) == n else None,
+                value=value,
+                title=None
+                if post
+                else f"{plotly_text(layer)} — pre-activation maps (rows: probe inputs, "
+                "columns: channels)",
             ),
             max_events=max_events,
             bits=8,
+            budget=budget.figure,
             scale_toggle=True,
         )
         shown_recs[:] = chosen
@@ -290,18 +454,27 @@ def _activations(data: RunData, page: Page, layer: str, max_events: int) -> list
 
     slot = guarded(data, f"{layer}: activation maps", history)
     recs = shown_recs or pick_events(allrecs, max_events)
-    out = ["<h3>Activation maps</h3>", _thinned(recs, allrecs)]
-    note = (
-        "Rows: probe images; column blocks: channels. One colour scale for the layer compares "
+    title = "Activation maps" if post else "Pre-activation maps"
+    out = [f"<h3>{title}</h3>", _thinned(recs, allrecs)]
+    text = (
+        "Rows: probe inputs; column blocks: channels. One colour scale for the layer compares "
         "channels; stretching each channel to its own range shows what weak channels see."
     )
-    src = last.read_from
-    if src and src != layer:
-        note += f" Read after <code>{esc(src)}</code> (what the layer fires)."
+    if note:
+        text = f"{esc(note)} {text}"
+    out.append(f"<p class=note>{text}</p>")
     full = last.shape
     if full and len(full) > 1 and shape[1] < full[1]:
-        note += f" Showing {shape[1]} of {full[1]} channels."
-    out.append(f"<p class=note>{note}</p>")
+        out.append(
+            f"<p class=left-out>{full[1] - shape[1]} of {full[1]} channels are not drawn "
+            f"(ActivationMaps keeps {shape[1]}: <code>max_channels</code>); the statistics "
+            "below cover every channel.</p>"
+        )
+    if full and len(full) > 2 and tuple(full[2:]) != tuple(shape[2:]):
+        out.append(
+            f"<p class=note>Maps of {fmt(list(full[2:]))} are shown averaged down to "
+            f"{fmt(list(shape[2:]))} (<code>max_size</code>).</p>"
+        )
     nan_chip = nonfinite_note([r.maps for r in recs], [r.label for r in recs])
     if nan_chip:
         out.append(f'<div class="chips">{nan_chip}</div>')
@@ -315,11 +488,16 @@ def _activations(data: RunData, page: Page, layer: str, max_events: int) -> list
                 rows.append(a)
         if len(rows) != len(recs) or len({s["mean"].shape for s in rows}) != 1:
             return []
-        fig = activation_stats_figure(rows, [r.label for r in recs], layer=plotly_text(layer))
-        # Secondary: drawn only when opened (a closed <details> is never "in view").
-        return [
+        fig = activation_stats_figure(
+            rows,
+            [r.label for r in recs],
+            layer=layer,
+            zeros="fraction of zeros" if post else "fraction of exact zeros (not dead units)",
+        )
+        zeros = "fraction of zeros" if post else "fraction of exact zeros"
+        return [  # drawn only when opened (a closed <details> is never "in view")
             '<details class="more"><summary>Per-channel statistics (all '
-            f"{rows[0]['mean'].shape[0]} channels: mean, max, fraction of zeros)</summary>"
+            f"{rows[0]['mean'].shape[0]} channels: mean, max, {zeros})</summary>"
             f"{page.figure(fig)}</details>"
         ]
 
@@ -328,97 +506,275 @@ def _activations(data: RunData, page: Page, layer: str, max_events: int) -> list
 
 
 def _region(value: Sequence[int] | None) -> list[int] | None:
-    return list(value) if value is not None and len(value) == 4 else None
+    return [int(v) for v in value] if value is not None and len(value) == 4 else None
 
 
-def _receptive(data: RunData, page: Page, layer: str, max_events: int) -> list[str]:
+def _pct(value: Any) -> str | None:
+    v = _finite(value)
+    return None if v is None else f"{v:.0%}"
+
+
+def _erf_layers(data: RunData) -> list[str]:
+    return list(dict.fromkeys(r.layer for r in data.read(ErfRecord) if r.layer))
+
+
+def _receptive(
+    data: RunData, page: Page, layer: str, max_events: int, budget: LayerBudget
+) -> list[str]:
     out: list[str] = []
     rf = data.latest(ReceptiveFieldRecord, layer)
+    local_box = None
     if rf is not None:
-        chips = [_chip(f"size {fmt(rf.size)}"), _chip(f"jump {fmt(rf.jump)}")]
-        if rf.start is not None:
-            chips.append(_chip(f"start {fmt(rf.start)}"))
+        chips = []
+        if rf.global_context and rf.local_size is not None:
+            chips.append(_chip(f"local field {fmt(rf.local_size)} px"))
+            if rf.local_jump is not None:
+                chips.append(_chip(f"local jump {fmt(rf.local_jump)}"))
+            chips.append(_chip("+ global context: sees the whole input", "warn"))
+            local_box = _region(rf.local_region)
+        else:
+            chips += [_chip(f"size {fmt(rf.size)} px"), _chip(f"jump {fmt(rf.jump)}")]
+            if rf.start is not None:
+                chips.append(_chip(f"start {fmt(rf.start)}"))
         if rf.misaligned:
-            chips.append(_chip("paths with different geometry merge here", "warn"))
+            where = f" ({_short(list(rf.misaligned_at), 3)})" if rf.misaligned_at else ""
+            chips.append(_chip(f"paths with different geometry merge here{where}", "warn"))
+        if not rf.exact:
+            chips.append(_chip("geometry is a conservative bound", "warn"))
         out += ["<h3>Receptive field</h3>", f'<div class="chips">{"".join(chips)}</div>']
+        if rf.global_context:
+            joins = _short([_short_name(j, layer) for j in rf.global_context_at], 4)
+            out.append(
+                "<p class=note>A global-context path (a squeeze-and-excitation gate, a global "
+                "pool broadcast back, attention) joins this layer's input"
+                + (f" at <code>{esc(joins)}</code>" if joins else "")
+                + f": every unit also sees the whole input through it. The local field "
+                f"({esc(fmt(rf.local_size))} px, drawn below) is what its position on the "
+                f"image decides; the unclipped field of all paths is {esc(fmt(rf.size))} px."
+                "</p>"
+            )
         img = _array(rf, "region_image")
         region = _region(rf.region)
         if img is not None and region and img.ndim in (2, 3):
             out += guarded(
                 data,
                 f"{layer}: receptive field",
-                lambda: [receptive_field_panel(img, region, unit=rf.unit)],
+                lambda: [
+                    panel_html(
+                        pictures=page.pictures,
+                        panel=receptive_field_panel(
+                            img,
+                            region,
+                            unit=rf.unit,
+                            region_unclipped=rf.region_unclipped,
+                            local_region=rf.local_region if rf.global_context else None,
+                            local_unclipped=rf.local_region_unclipped
+                            if rf.global_context
+                            else None,
+                            global_at=[_short_name(j, layer) for j in rf.global_context_at],
+                        ),
+                    )
+                ],
             )
     erfs = data.same_shape(data.read(ErfRecord, layer), "map", f"{layer} effective field")
     if erfs:
-        recs = pick_events(erfs, max_events)
-        last = recs[-1]
-        region = _region(last.region) or _region(last.theoretical)
-        centre = last.centroid
-        if centre is None or len(centre) != 2 or not all(_finite(c) is not None for c in centre):
-            centre = None
-        chips = []
-        ratio = _finite(last.ratio)
-        if ratio is not None:
-            chips.append(_chip(f"effective / theoretical size {ratio:.2f} at {last.label}"))
-        radius = _finite(last.radius)
-        if radius is not None:
-            chips.append(_chip(f"effective radius {radius:.1f} px"))
-        nan_chip = nonfinite_note([r.map for r in recs], [r.label for r in recs])
-        if nan_chip:
-            chips.append(nan_chip)
-        out += [
-            "<h3>Effective receptive field</h3>",
-            "<p class=note>Mean absolute input gradient of the layer's centre unit over the "
-            "probe images (Luo et al., 2016): usually a Gaussian much smaller than the "
-            "theoretical field, growing with training.</p>",
-            f'<div class="chips">{"".join(chips)}</div>',
-        ]
-        out += guarded(
-            data,
-            f"{layer}: effective receptive field",
-            lambda: [
-                page.figure(
-                    erf_figure(
-                        [r.map for r in recs],
-                        [r.label for r in recs],
-                        layer=layer,
-                        radius=[_finite(r.radius) for r in recs],
-                        centre=centre,
-                        region=region,
-                    ),
-                    bits=8,
-                )
-            ],
-        )
+        out += _erf(data, page, layer, erfs, max_events, budget, local_box)
+    elif rf is not None or data.read(ActivationsRecord, layer):
+        measured = _erf_layers(data)
+        if measured:
+            out.append(
+                "<h3>Effective receptive field</h3><p class=left-out>no effective field "
+                f"recorded for this layer: the ERF is measured on {len(measured)} evenly spaced "
+                "layers (ReceptiveFields' <code>erf_layers=</code> chooses others; "
+                f"this run measured {esc(_short(measured, 6))}).</p>"
+            )
     return out
 
 
-def _topk(data: RunData, page: Page, layer: str) -> list[str]:
+def _erf(
+    data: RunData,
+    page: Page,
+    layer: str,
+    erfs: list[ErfRecord],
+    max_events: int,
+    budget: LayerBudget,
+    local_box: list[int] | None,
+) -> list[str]:
+    recs = pick_events(erfs, max_events)
+    last = recs[-1]
+    region = _region(last.region) or _region(last.theoretical)
+    centre = last.centroid
+    if centre is None or len(centre) != 2 or not all(_finite(c) is not None for c in centre):
+        centre = None
+    share = round(100 * (_finite(last.mass_fraction) or 0.9))
+    reason = f" (reason: {last.note})" if last.note else ""
+    chips = []
+    ratio = _finite(last.ratio)
+    if ratio is not None:
+        chips.append(
+            _chip(f"{share}% of the gradient mass in {ratio:.0%} of the theoretical field")
+        )
+    else:
+        chips.append(_chip(f"share of the theoretical field: n/a{reason}", "warn"))
+    size = _finite(last.effective_size)
+    if size is not None:
+        chips.append(_chip(f"effective size {size:.1f} px"))
+    elif last.effective_size is not None:
+        chips.append(_chip(f"effective size: n/a{reason}", "warn"))
+    inside = _pct(last.inside_fraction)
+    if inside is not None:
+        chips.append(_chip(f"{inside} of all gradient mass inside the theoretical field"))
+    local = _pct(last.local_fraction)
+    if local is not None:
+        chips.append(_chip(f"{local} inside the local field"))
+    theo = last.theoretical_size
+    if theo:
+        chips.append(_chip(f"theoretical field {fmt(list(theo))} px"))
+    nan_chip = nonfinite_note([r.map for r in recs], [r.label for r in recs])
+    if nan_chip:
+        chips.append(nan_chip)
+    images = f" over {last.num_images} probe images" if last.num_images else ""
+    out = [
+        "<h3>Effective receptive field</h3>",
+        f"<p class=note>Mean absolute input gradient of the layer's centre unit{images} "
+        "(Luo et al., 2016), at each event. Share: the smallest part of the unit's theoretical "
+        f"field (clipped to the image) that holds {share}% of the gradient mass inside it — at "
+        "most 100%, small when the field is used unevenly. Effective size: the side of a "
+        "square with the area of that part.</p>",
+        f'<div class="chips">{"".join(chips)}</div>',
+        _thinned(recs, erfs),
+    ]
+
+    def figure() -> list[str]:
+        slot, _ = fit_events(
+            page,
+            recs,
+            lambda rs: erf_figure(
+                [r.map for r in rs],
+                [r.label for r in rs],
+                layer=layer,
+                radius=[_finite(r.radius) for r in rs],
+                centre=centre,
+                region=region,
+                local_region=local_box,
+                zoom=True,
+            ),
+            max_events=len(recs),
+            bits=8,
+            budget=budget.figure,
+        )
+        return [slot]
+
+    out += guarded(data, f"{layer}: effective receptive field", figure)
+    return out
+
+
+def _geometry(
+    data: RunData, layer: str, rec: TopkRecord
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """``(size, jump, start, image size)`` of the patches' field, when the store tells."""
+    rf = data.latest(ReceptiveFieldRecord, layer)
+    image = None
+    shape = data.shape_fact("input_shape")
+    if shape and len(shape) == 3:
+        image = (int(shape[1]), int(shape[2]))
+    if image is None:
+        probe = data.latest(ProbeRecord)
+        if probe is not None and len(probe.shape) == 4:
+            image = (int(probe.shape[2]), int(probe.shape[3]))
+    if image is None and rf is not None:
+        img = _array(rf, "region_image")
+        image = (int(img.shape[0]), int(img.shape[1])) if img is not None else None
+    if image is None:
+        return None
+    found = None
+    if rf is not None and rf.global_context:
+        size, jump = _axes(rf.local_size), _axes(rf.local_jump)
+        box, unit = _region(rf.local_region_unclipped), rf.unit
+        if size and jump and box and unit and len(unit) == 2:
+            found = (size, jump, (box[0] - unit[0] * jump[0], box[2] - unit[1] * jump[1]))
+    elif rf is not None:
+        size, jump, start = _axes(rf.size), _axes(rf.jump), _axes(rf.start)
+        if size and jump and start:
+            found = (size, jump, start)
+    if found is None:
+        row = layer_table_rows(data).get(layer)
+        if row is not None:
+            size, jump, start = _axes(row.rf_size), _axes(row.rf_jump), _axes(row.rf_start)
+            if size and jump and start:
+                found = (size, jump, start)
+    if found is None or (rec.rf_size and tuple(rec.rf_size) != tuple(found[0])):
+        return None
+    return (*found, image)
+
+
+def _topk(data: RunData, page: Page, layer: str, budget: LayerBudget) -> list[str]:
     recs = data.loadable(data.read(TopkRecord, layer), "values")
     rec = recs[-1] if recs else None
     patches = _array(rec, "patches")
     if rec is None or patches is None:
         return []
+    padding = _array(rec, "padding")
+    positions = _array(rec, "positions")
+    inside = None
+    geometry = _geometry(data, layer, rec)
+    if (
+        geometry is not None
+        and positions is not None
+        and positions.ndim == 3
+        and positions.shape[-1] == 2
+        and positions.shape[:2] == patches.shape[:2]
+    ):
+        size, jump, start, image = geometry
+        inside = patch_inside(positions, size=size, jump=jump, start=start, image_size=image)
     body = guarded(
         data,
         f"{layer}: top dataset patches",
         lambda: [
-            topk_panel(
-                patches,
-                _array(rec, "values"),
-                layer=layer,
-                channels=list(rec.channels) or None,
-                samples=_array(rec, "samples"),
+            panel_html(
+                topk_panel(
+                    patches,
+                    _array(rec, "values"),
+                    layer=layer,
+                    channels=list(rec.channels) or None,
+                    samples=_array(rec, "samples"),
+                    padding=padding,
+                    inside=inside,
+                    max_size=budget.patch_size,
+                )
             )
         ],
     )
-    return [
-        "<h3>Top dataset patches</h3>",
-        f"<p class=note>The input patches (each unit's receptive field) that excite each "
-        f"channel most, at {esc(rec.label)}; hover for the activation and sample.</p>",
-        *body,
-    ]
+    text = (
+        "The input patches (each unit's receptive field) that excite each channel most over "
+        f"the validation data, at {esc(rec.label)}; hover for the activation and sample."
+    )
+    note, _, _ = read_label(rec, layer)
+    if note:
+        text += f" {esc(note)}"
+    if rec.interior_only:
+        text += " Only units whose field lies inside the image were ranked (interior_only)."
+    elif padding is not None and np.isfinite(padding).any():
+        frac = float(np.nanmean(padding > 0.005))
+        text += (
+            f" {frac:.0%} of these patches reach into the zero padding: a unit near the "
+            "border also responds to the padding's edge (TopActivations(interior_only=True) "
+            "ranks only units that see the image alone)."
+        )
+    out = ["<h3>Top dataset patches</h3>", f"<p class=note>{text}</p>"]
+    shown, total = len(rec.channels) or patches.shape[0], rec.num_channels
+    if total and shown < total:
+        out.append(
+            f"<p class=left-out>{total - shown} of {total} channels have no patches here "
+            f"(TopActivations keeps {shown}: <code>max_channels</code>).</p>"
+        )
+    side = max(patches.shape[2:4])
+    if side > budget.patch_size:
+        out.append(
+            f"<p class=note>Patches of {side} px are shown averaged down to at most "
+            f"{budget.patch_size} px.</p>"
+        )
+    return [*out, *body]
 
 
 def _featvis(data: RunData, page: Page, layer: str) -> list[str]:
@@ -430,11 +786,13 @@ def _featvis(data: RunData, page: Page, layer: str) -> list[str]:
         data,
         f"{layer}: feature visualization",
         lambda: [
-            featvis_panel(
-                np.nan_to_num(np.asarray(rec.images), nan=0.0),
-                _array(rec, "activations"),
-                layer=layer,
-                channels=list(rec.channels) or None,
+            panel_html(
+                featvis_panel(
+                    np.nan_to_num(np.asarray(rec.images), nan=0.0),
+                    _array(rec, "activations"),
+                    layer=layer,
+                    channels=list(rec.channels) or None,
+                )
             )
         ],
     )
@@ -449,6 +807,7 @@ def _featvis(data: RunData, page: Page, layer: str) -> list[str]:
 
 def _grad_cam(data: RunData, page: Page, layer: str) -> list[str]:
     maps, rec = attribution_maps(data, ["grad_cam", "guided_grad_cam"])
+    maps = {m: a for m, a in maps.items() if a.ndim == 3}
     if not maps or rec is None or grad_cam_layer(rec) != layer:
         return []
     n = next(iter(maps.values())).shape[0]
@@ -486,17 +845,28 @@ def _errors(data: RunData, layer: str) -> list[str]:
         f"{esc(e.message)}</li>"
         for e in errors[-10:]
     )
-    return [f'<ul class="note fig-error">{items}</ul>']
+    return [
+        f'<ul class="note fig-error">{items}</ul><p class=note>What these callbacks would have '
+        'recorded at those events is missing below (see <a href="#errors">Callback errors</a>).'
+        "</p>"
+    ]
 
 
 def layer_section(
-    data: RunData, page: Page, layer: str, anchor: str, *, max_events: int = 12
+    data: RunData,
+    page: Page,
+    layer: str,
+    anchor: str,
+    *,
+    max_events: int = 12,
+    budget: LayerBudget | None = None,
 ) -> str | None:
-    """Write the section of ``layer`` to ``page``; returns the layer type (for the TOC).
+    """Write the section of ``layer`` to ``page``; returns the layer type (for the navigation).
 
     Each part (filters, activation maps, fields, patches, Grad-CAM, feature visualisation) is
     built on its own: one that fails becomes a note in the section, the others are drawn.
     """
+    budget = budget or LayerBudget()
     row = layer_table_rows(data).get(layer)
     kind: str | None = None
     try:
@@ -507,10 +877,10 @@ def layer_section(
     parts = [header]
     parts += guarded(data, f"{layer}: errors", lambda: _errors(data, layer))
     for name, build in (
-        ("filters", lambda: _filters(data, page, layer, max_events)),
-        ("activation maps", lambda: _activations(data, page, layer, max_events)),
-        ("receptive fields", lambda: _receptive(data, page, layer, max_events)),
-        ("top dataset patches", lambda: _topk(data, page, layer)),
+        ("filters", lambda: _filters(data, page, layer, max_events, budget)),
+        ("activation maps", lambda: _activations(data, page, layer, max_events, budget)),
+        ("receptive fields", lambda: _receptive(data, page, layer, max_events, budget)),
+        ("top dataset patches", lambda: _topk(data, page, layer, budget)),
         ("Grad-CAM", lambda: _grad_cam(data, page, layer)),
         ("feature visualization", lambda: _featvis(data, page, layer)),
     ):

@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 
 from cnnviz.figures.attributions import attribution_checks_figure, attributions_figure
-from cnnviz.figures.curves import training_curves_figure
+from cnnviz.figures.curves import metric_groups, training_curves_figure
 from cnnviz.figures.predictions import predictions_figure
 from cnnviz.figures.receptive_field import rf_growth_figure
 from cnnviz.report.data import RunData, metrics_from_records, pick_events, read_metrics_csv
 from cnnviz.report.html import Page, esc, facts, table
+from cnnviz.report.runinfo import error_summary, left_out_card
+from cnnviz.report.tokens import tokens_html
 from cnnviz.store.files import StoreDataError
 from cnnviz.store.reader import HEARTBEAT_STALE
 from cnnviz.store.records import (
     AttributionChecksRecord,
     AttributionsRecord,
-    BudgetRecord,
-    ErrorRecord,
     LayerTableRecord,
     MetricsRecord,
     PredictionsRecord,
@@ -40,6 +40,7 @@ __all__ = [
     "curves_section",
     "fmt",
     "guarded",
+    "inspection",
     "layer_table_section",
     "nonfinite_note",
     "notes_section",
@@ -180,15 +181,31 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def inspection(data: RunData) -> bool:
+    """Whether the store is a ``cnnviz inspect`` of a model (no training run)."""
+    settings = data.info.get("settings")
+    if isinstance(settings, dict) and "inspect" in settings:
+        return True
+    writers = {r.writer for r in data.records}
+    return writers == {"inspect"}
+
+
+def _weights_label(data: RunData) -> str | None:
+    """The label of an inspection's records (``checkpoint (epoch 5)``, ``random weights``)."""
+    labels = [r.label for r in data.records if r.label]
+    return labels[0] if labels else None
+
+
 def overview_section(data: RunData, page: Page, title: str) -> None:
-    """Title, run facts and callback settings."""
+    """Title, run facts, what cnnviz left out (budget) and the callback settings."""
     status, age = writer_state(data)
     shown = "running — the writer stopped responding" if status == "stopped" else status
     css = {"running": "warn", "finished": "ok", "failed": "bad", "stopped": "bad"}.get(status, "")
+    inspected = inspection(data)
     epochs = data.fact("epochs", int)
     max_epochs = data.fact("max_epochs", int)
     epoch_text = None
-    if epochs is not None or max_epochs is not None:
+    if not inspected and (epochs is not None or max_epochs is not None):
         epoch_text = f"{fmt(epochs) if epochs is not None else '?'}"
         if max_epochs is not None:
             epoch_text += f" of {fmt(max_epochs)}"
@@ -198,11 +215,19 @@ def overview_section(data: RunData, page: Page, title: str) -> None:
     classes = data.class_names()
     shape = data.shape_fact("input_shape")
     params = data.fact("num_parameters", int)
+    errors, off = error_summary(data)
+    chips = [f'<span class="chip {css} status">{esc(shown)}</span>']
+    if inspected:
+        chips.append('<span class="chip">inspection of a model (cnnviz inspect)</span>')
+    if errors or off:
+        what = [f"{errors} callback errors" if errors else "", f"{off} turned off" if off else ""]
+        chips.append(
+            f'<a class="chip bad" href="#errors">{esc(", ".join(w for w in what if w))}</a>'
+        )
+    chips += [f'<span class="chip">{esc(k)}: {n}</span>' for k, n in sorted(kinds.items())]
     body = [
         f"<h1>{esc(title)}</h1>",
-        f'<div class="chips"><span class="chip {css} status">{esc(shown)}</span>'
-        + "".join(f'<span class="chip">{esc(k)}: {n}</span>' for k, n in sorted(kinds.items()))
-        + "</div>",
+        f'<div class="chips">{"".join(chips)}</div>',
         facts(
             [
                 ("model", data.fact("model")),
@@ -210,6 +235,7 @@ def overview_section(data: RunData, page: Page, title: str) -> None:
                 ("data", data.fact("data")),
                 ("input shape", fmt(shape) if shape else None),
                 ("parameters", fmt(params) if params is not None else None),
+                ("weights", _weights_label(data) if inspected else None),
                 ("epochs", epoch_text),
                 ("classes", ", ".join(classes) if classes else None),
                 ("run", data.reader.current_run),
@@ -218,8 +244,15 @@ def overview_section(data: RunData, page: Page, title: str) -> None:
             ]
         ),
     ]
+    if inspected:
+        body.append(
+            "<p class=note>This report inspects a model on some images (<code>cnnviz inspect"
+            "</code>): it shows one state of the weights, not a training run, so there are no "
+            "training curves and no history over epochs.</p>"
+        )
     if data.info.get("error"):
         body.append(f"<h3>Error</h3><pre>{esc(data.info['error'])}</pre>")
+    body.append(left_out_card(data))
     settings = data.info.get("settings")
     if settings:
         body.append(
@@ -231,17 +264,15 @@ def overview_section(data: RunData, page: Page, title: str) -> None:
 
 
 def notes_section(data: RunData, page: Page) -> None:
-    """What the run reported about itself and what the report skipped.
+    """What the report skipped: damaged records, missing files, figures that failed.
 
-    Callback errors and budget cuts come from the store; damaged records, missing files and
-    figures that failed from the reader and the report.
+    Callback errors have their own section (:func:`cnnviz.report.runinfo.errors_section`) and
+    budget cuts are in the overview.
     """
-    errors = data.read(ErrorRecord)
-    budgets = data.read(BudgetRecord)
     notes = data.all_notes()
     damage = [n for n in notes if n.level == "damage"]
     info = [n for n in notes if n.level != "damage"]
-    if not (errors or budgets or notes):
+    if not notes:
         return
     body = ["<h2>Notes on this run</h2>"]
     if damage:
@@ -252,28 +283,16 @@ def notes_section(data: RunData, page: Page) -> None:
         items = "".join(f"<li>{esc(n.text)}</li>" for n in damage[:200])
         more = f"<li>… and {len(damage) - 200} more</li>" if len(damage) > 200 else ""
         body.append(f'<ul class="note store-damage">{items}{more}</ul>')
-    if errors:
-        body.append("<h3>Callback errors (training went on)</h3>")
-        for e in errors[-50:]:
-            where = f" ({e.layer})" if e.layer else ""
-            at = f" at {e.at}" if e.at else (f" at {e.label}" if e.label else "")
-            body.append(
-                f"<details><summary><b>{esc(e.callback)}</b>{esc(where)}{esc(at)}: "
-                f"{esc(e.exception)}: {esc(e.message)}</summary>"
-                f"<pre>{esc(e.traceback)}</pre></details>"
-            )
-    if budgets:
-        body.append("<h3>What the time budget cut</h3><ul class=note>")
-        for b in budgets:
-            settings = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in b.settings.items())
-            extra = f" (to record everything: {esc(settings)})" if settings else ""
-            body.append(f"<li><b>{esc(b.callback)}</b>: {esc('; '.join(b.decisions))}{extra}</li>")
-        body.append("</ul>")
     if info:
         items = "".join(f"<li>{esc(n.text)}</li>" for n in info[:50])
-        body.append(f'<ul class="note muted">{items}</ul>')
+        more = f"<li>… and {len(info) - 50} more</li>" if len(info) > 50 else ""
+        body.append(f'<ul class="note muted">{items}{more}</ul>')
     page.nav("notes", "Notes", kind=f"{len(damage)} problems" if damage else "")
     page.add_section("notes", "".join(body))
+
+
+#: Panels of the training-curves figure at most.
+MAX_PANELS = 4
 
 
 def curves_section(data: RunData, page: Page) -> None:
@@ -283,6 +302,8 @@ def curves_section(data: RunData, page: Page) -> None:
     if not values:
         epochs, values = read_metrics_csv(data.run_dir / "metrics.csv")
         source = "metrics.csv (CSVLogger)"
+    if not values and inspection(data):
+        return  # an inspection has no training: the overview says so
     page.nav("curves", "Training curves")
     if not values:
         page.add_section(
@@ -294,11 +315,27 @@ def curves_section(data: RunData, page: Page) -> None:
     body = guarded(
         data,
         "training curves",
-        lambda: [page.figure(training_curves_figure(epochs, values))],
+        lambda: [page.figure(training_curves_figure(epochs, values, max_groups=MAX_PANELS))],
     )
+    groups = metric_groups(list(values))
+    rest = [n for g in list(groups)[MAX_PANELS:] for n in groups[g]]
+    dropped = [n for n in values if n not in {x for g in groups.values() for x in g}]
+    extra = ""
+    if rest:
+        extra += (
+            f"<p class=left-out>{len(rest)} more metrics are not drawn (at most {MAX_PANELS} "
+            f"panels: loss and accuracy first): {esc(', '.join(rest[:12]))}"
+            f"{' …' if len(rest) > 12 else ''}.</p>"
+        )
+    if dropped:
+        extra += (
+            "<p class=note>Metrics logged both per step and per epoch are drawn once, per "
+            f"epoch ({esc(', '.join(dropped[:8]))}{' …' if len(dropped) > 8 else ''} repeat "
+            "other curves).</p>"
+        )
     page.add_section(
         "curves",
-        f"<h2>Training curves</h2><p class=note>From {esc(source)}.</p>" + "".join(body),
+        f"<h2>Training curves</h2><p class=note>From {esc(source)}.</p>{extra}" + "".join(body),
     )
 
 
@@ -333,6 +370,47 @@ def row_values(row: TableRow) -> dict[str, Any]:
     return out
 
 
+def _table_columns(
+    values: list[dict[str, Any]], rows: list[TableRow]
+) -> list[tuple[str, list[str]]]:
+    """The layer table's columns: the lecture's quantities, folded to fit a page's width."""
+
+    def col(key: str) -> list[str]:
+        return [fmt(v.get(key)) for v in values]
+
+    shapes = [
+        f"{fmt(v['input_shape'])} → {fmt(v['output_shape'])}"
+        if v.get("input_shape") and v.get("output_shape")
+        else fmt(v.get("output_shape") or v.get("input_shape"))
+        for v in values
+    ]
+    geometry = [
+        " / ".join(fmt(v.get(k)) or "–" for k in ("kernel", "stride", "padding"))
+        if v.get("kernel") is not None
+        else ""
+        for v in values
+    ]
+    weights = []
+    for r, v in zip(rows, values, strict=True):
+        text = fmt(v.get("weights_arithmetic"))
+        if text and r.params is not None and "=" not in text and text != str(r.params):
+            text += f" = {fmt(r.params)}"
+        weights.append(text or (fmt(r.params) if r.params is not None else ""))
+    fields = [
+        f"{fmt(v['rf_size'])} (jump {fmt(v.get('rf_jump'))})" if v.get("rf_size") else ""
+        for v in values
+    ]
+    return [
+        ("layer", col("name")),
+        ("type", col("type")),
+        ("input → output", shapes),
+        ("kernel / stride / padding", geometry),
+        ("output size (N − F + 2P)/S + 1", col("output_arithmetic")),
+        ("weights", weights),
+        ("receptive field (jump)", fields),
+    ]
+
+
 def layer_table_rows(data: RunData) -> dict[str, TableRow]:
     """Rows of the newest ``layer_table`` record, by layer name."""
     rec = data.latest(LayerTableRecord)
@@ -352,25 +430,25 @@ def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> N
     rows = list(rec.rows) if rec is not None else []
     page.nav("layer-table", "Layer table")
     if rows:
-        values = [row_values(r) for r in rows]
-        present = [(k, h) for k, h in _TABLE_COLUMNS if any(v.get(k) is not None for v in values)]
-        numeric = [i for i, (k, _) in enumerate(present) if k in ("params",)]
-        html_rows = [[fmt(v.get(k)) for k, _ in present] for v in values]
-        body = table([h for _, h in present], html_rows, numeric=numeric)
-        links = [
-            f'<a href="#{esc(anchors[r.name])}">{esc(r.name)}</a>'
-            for r in rows
-            if r.name in anchors
-        ]
+        columns = _table_columns([row_values(r) for r in rows], rows)
+        present = [(h, cells) for h, cells in columns if any(c for c in cells)]
+        html_rows = []
+        for i, r in enumerate(rows):
+            cells = [esc(cells[i]) for _, cells in present]
+            if r.name in anchors:  # the layer's name links to its section
+                cells[0] = f'<a href="#{esc(anchors[r.name])}">{esc(r.name)}</a>'
+            html_rows.append(cells)
+        heads = [h for h, _ in present]
+        body = table(
+            heads,
+            html_rows,
+            wrap=[i for i, h in enumerate(heads) if h.startswith(("output size", "weights"))],
+            raw=range(len(present)),
+        )
         note = (
-            (
-                "<p class=note>Output size per axis: (N − F + 2P)/S + 1; weights: kernel × input "
-                "channels × filters (+ one bias per filter). Sections below: "
-                + ", ".join(links)
-                + "</p>"
-            )
-            if links
-            else ""
+            "<p class=note>Output size per axis: (N − F + 2P)/S + 1; weights: kernel × input "
+            "channels × filters (+ one bias per filter); a layer's name links to its section."
+            "</p>"
         )
         sized = [r for r in rows if _first_int(r.rf_size) is not None]
 
@@ -403,10 +481,10 @@ def layer_table_section(data: RunData, page: Page, anchors: dict[str, str]) -> N
 
 def predictions_section(data: RunData, page: Page, *, max_events: int) -> None:
     """Top-3 predictions on the probe images at each logged event."""
-    recs = data.same_shape(data.read(PredictionsRecord), "probs", "predictions")
-    if not recs:
+    everything = data.same_shape(data.read(PredictionsRecord), "probs", "predictions")
+    if not everything:
         return
-    recs = pick_events(recs, max_events)
+    recs = pick_events(everything, max_events)
     history = [np.asarray(r.probs) for r in recs]
     n, _ = history[-1].shape
     labels = [r.label for r in recs]
@@ -442,15 +520,29 @@ def predictions_section(data: RunData, page: Page, *, max_events: int) -> None:
     page.add_section(
         "predictions",
         "<h2>Predictions on the probe images</h2><p class=note>Top-3 classes per image; the "
-        "true class is green. Move the slider to see the predictions at each logged event."
-        f"</p>{chips}" + "".join(body),
+        "true class is green."
+        + (" Move the slider to see the predictions at each logged event." if len(recs) > 1 else "")
+        + "</p>"
+        + (
+            f"<p class=left-out>{len(everything) - len(recs)} of {len(everything)} logged events "
+            f"are not on the slider ({len(recs)} evenly spaced ones are: "
+            "<code>cnnviz report --max-events</code>).</p>"
+            if len(recs) < len(everything)
+            else ""
+        )
+        + chips
+        + "".join(body),
     )
 
 
 def attribution_maps(
     data: RunData, methods: Sequence[str] | None = None
 ) -> tuple[dict[str, np.ndarray], AttributionsRecord | None]:
-    """``{method: [N, H, W]}`` of the newest ``attributions`` record, and the record."""
+    """The maps of the newest ``attributions`` record, and the record.
+
+    Image maps are ``[N, H, W]`` (``[N, C, H, W]`` is summed over channels); token and
+    sequence maps ``[N, L]``.
+    """
     recs = data.loadable(data.read(AttributionsRecord), "maps")
     if not recs:
         return {}, None
@@ -460,12 +552,12 @@ def attribution_maps(
     out = {}
     for m in names:
         a = arrays.get(m)
-        if a is None:
+        if a is None or (methods is not None and m not in methods):
             continue
         a = np.asarray(a, dtype=np.float32)
         if a.ndim == 4:  # [N, C, H, W]: sum over channels, as the store format asks
             a = a.sum(axis=1)
-        if a.ndim == 3 and (methods is None or m in methods):
+        if a.ndim in (2, 3):
             out[m] = a
     return out, rec
 
@@ -500,6 +592,34 @@ def _checks(data: RunData) -> tuple[dict[str, Any] | None, dict[str, list[float]
     return rand, share
 
 
+def _token_view(data: RunData, maps: dict[str, np.ndarray], rec: AttributionsRecord) -> str:
+    """Token attributions as coloured words (or ids) per sentence and method."""
+    n = next(iter(maps.values())).shape[0]
+    probe = data.latest(ProbeRecord)
+    ids = _array(probe, "x")
+    if ids is None or ids.ndim != 2 or ids.shape != next(iter(maps.values())).shape:
+        ids = None
+    vocabulary = list(probe.vocabulary) if probe is not None and probe.vocabulary else None
+    labels = attribution_labels(probe_info(data, n), rec.targets, n)
+    what = "words" if vocabulary is not None else "token ids (the data has no vocabulary)"
+    note = (
+        f"<p class=note>Which tokens drive the prediction, at {esc(rec.label)}: each token's "
+        f"attribution (summed over its embedding), shown on the {what}. Red: evidence for "
+        "the explained class (after the arrow), blue: against it.</p>"
+    )
+    if ids is None:
+        note += (
+            "<p class=left-out>the probe's token ids were not recorded with a matching shape, "
+            "so positions are shown instead of tokens.</p>"
+        )
+    return note + tokens_html(maps, ids, vocabulary=vocabulary, row_labels=labels)
+
+
+def _has_masks(data: RunData) -> bool:
+    probe = data.latest(ProbeRecord)
+    return _array(probe, "masks") is not None
+
+
 def attributions_section(data: RunData, page: Page) -> None:
     """Input attributions of the newest event, with notes and the sanity checks."""
     maps, rec = attribution_maps(data)
@@ -508,13 +628,26 @@ def attributions_section(data: RunData, page: Page) -> None:
         return
     body = ["<h2>Input attributions</h2>"]
     if rec is not None:
-        body.append(
-            f"<p class=note>Which input pixels drive the prediction, at "
-            f"{esc(rec.label)}. Each map is scaled by its largest "
-            "absolute value; red: evidence for the explained class (after the arrow), blue: "
-            "against it.</p>"
-        )
+        kind = rec.input_kind or ("tokens" if maps and next(iter(maps.values())).ndim == 2 else "")
+        flat = {m: a for m, a in maps.items() if a.ndim == 2}
+        if kind == "tokens" and flat:
+            body += guarded(data, "token attributions", lambda: [_token_view(data, flat, rec)])
+            maps = {}
+        elif flat:  # float sequences [N, L]: one row per probe input
+            maps = {m: a[:, None, :] for m, a in flat.items()}
         if maps:
+            body.append(
+                f"<p class=note>Which input pixels drive the prediction, at "
+                f"{esc(rec.label)}. Each map is scaled by its largest "
+                "absolute value; red: evidence for the explained class (after the arrow), blue: "
+                "against it.</p>"
+            )
+            older = len(data.read(AttributionsRecord)) - 1
+            if older > 0:
+                body.append(
+                    f"<p class=left-out>the {older} earlier events' attributions are not shown "
+                    "(the newest is); the run store holds them.</p>"
+                )
             n = next(iter(maps.values())).shape[0]
             probe = probe_info(data, n)
             images = probe.images if probe.images is not None and len(probe.images) == n else None
@@ -531,7 +664,7 @@ def attributions_section(data: RunData, page: Page) -> None:
                             maps,
                             images=images,
                             probe_labels=attribution_labels(probe, rec.targets, n),
-                            title="Input attributions (rows: probe images; columns: methods)",
+                            title="Input attributions (rows: probe inputs; columns: methods)",
                         ),
                         bits=8,
                     )
@@ -546,13 +679,30 @@ def attributions_section(data: RunData, page: Page) -> None:
     if has_checks:
         rand, share = _checks(data)
         body.append("<h3>Sanity and faithfulness checks</h3>")
-        body.append(
-            "<p class=note>Model randomisation (Adebayo et al., 2018): the layers are replaced "
-            "by random weights from the top down; a map that explains the model must change, "
-            "so its rank correlation with the trained model's map should fall towards 0. "
-            "Mask share: the part of the attribution that falls on the object (Shapes masks), "
-            "next to the part of the image the object covers (chance).</p>"
-        )
+        text = []
+        if rand and rand.get("layers"):
+            text.append(
+                f"Model randomisation (Adebayo et al., 2018) of {esc(rand.get('method', ''))}: "
+                "the layers are replaced by random weights from the top down; a map that "
+                "explains the model must change, so its rank correlation with the trained "
+                "model's map should fall towards 0."
+            )
+        else:
+            text.append(
+                "The model randomisation check runs once, at the end of training; this run "
+                "has not recorded it."
+            )
+        if share:
+            text.append(
+                "Mask share: the part of the attribution that falls on the object (the probe's "
+                "foreground masks), next to the part of the image the object covers (chance)."
+            )
+        elif not _has_masks(data):
+            text.append(
+                "The probe data has no object masks, so the mask-share check (attribution on "
+                "the object against chance) could not run."
+            )
+        body.append(f"<p class=note>{' '.join(text)}</p>")
         if (rand and rand.get("layers")) or share:
             body += guarded(
                 data,

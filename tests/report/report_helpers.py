@@ -274,6 +274,37 @@ def write_full_run(run_dir: Path, *, epochs: int = 3, seed: int = 0) -> RunStore
     return store
 
 
+def densenet_like() -> list[str]:
+    """The layer names DenseNet-121 records (conv and pooling, 124)."""
+    names = ["features.conv0", "features.pool0"]
+    for b, n in enumerate([6, 12, 24, 16], start=1):
+        for i in range(1, n + 1):
+            names += [f"features.denseblock{b}.denselayer{i}.conv{c}" for c in (1, 2)]
+        if b < 4:
+            names += [f"features.transition{b}.conv", f"features.transition{b}.pool"]
+    return names
+
+
+def write_deep(run: Path, names: list[str], events: int = 4) -> None:
+    """Activation maps of every layer of ``names`` at ``events`` events."""
+    rng = np.random.default_rng(0)
+    store = RunStore(run / "cnnviz")
+    store.update_run(status="finished", model="deep", layers=[{"name": n} for n in names])
+    for e in range(events):
+        meta = {"event": "epoch", "label": f"epoch {e + 1}"}
+        for n in names:
+            maps = np.maximum(rng.standard_normal((4, 8, 16, 16)), 0).astype(np.float32)
+            store.write(
+                "activations",
+                {"maps": maps, "channels": np.arange(8)},
+                source="a",
+                layer=n,
+                epoch=e,
+                step=e,
+                meta={**meta, "shape": [4, 8, 16, 16], "stage": "activation"},
+            )
+
+
 class PageParser(HTMLParser):
     """Collects ids, ``href``s, script blocks and the visible text of a page."""
 

@@ -262,3 +262,189 @@ def test_a_live_page_stops_reloading_when_the_writer_stops_responding(
     assert "last heartbeat" in page.inner_text("#live-banner")
     assert errors == []
     page.close()
+
+
+# -- a deep network: groups, the picker, drawing on demand ---------------------------------------
+@pytest.fixture(scope="module")
+def deep_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from report_helpers import densenet_like, write_deep
+
+    from cnnviz.report import build_report
+
+    run = tmp_path_factory.mktemp("deep") / "run"
+    write_deep(run, densenet_like()[:64], events=2)
+    return build_report(run, progress=False)
+
+
+def _open(browser: Any, path: Path) -> tuple[Any, list[str], list[str]]:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    blocked: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(("file:", "data:", "blob:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(path.as_uri())
+    page.wait_for_function("window.cnnviz !== undefined")
+    page.evaluate("window.cnnviz.ready")
+    return page, errors, blocked
+
+
+GROUP_STATES = (
+    "id => Array.from(document.getElementById(id).querySelectorAll('.fig[data-fig]'))"
+    ".map(el => el.dataset.state || 'waiting')"
+)
+
+
+def test_deep_page_draws_a_group_only_when_it_is_opened(browser: Any, deep_report: Path) -> None:
+    page, errors, blocked = _open(browser, deep_report)
+    page.wait_for_timeout(1500)  # the first screen draws; the groups stay closed
+    groups = page.eval_on_selector_all("details.group", "els => els.map(e => e.id)")
+    assert len(groups) >= 4
+    assert page.eval_on_selector_all("details.group[open]", "els => els.length") == 0
+    drawn = page.evaluate(
+        "Array.from(document.querySelectorAll('details.group .fig[data-fig]'))"
+        ".filter(el => el.dataset.state).length"
+    )
+    assert drawn == 0  # nothing in a closed group is drawn
+    target = groups[1]
+    page.click(f"nav#toc a[href='#{target}']")
+    page.wait_for_function(
+        f"document.getElementById('{target}').open && "
+        f"document.getElementById('{target}').querySelector('.fig[data-fig]')"
+        ".dataset.state === 'drawn'",
+        timeout=20_000,
+    )
+    states = page.evaluate(GROUP_STATES, target)
+    assert states[0] == "drawn" and "error" not in states
+    assert page.evaluate(GROUP_STATES, groups[-1]) == ["waiting"] * len(
+        page.evaluate(GROUP_STATES, groups[-1])
+    )  # other groups still wait
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_the_layer_picker_jumps_to_a_layer_and_opens_its_group(
+    browser: Any, deep_report: Path
+) -> None:
+    page, errors, _ = _open(browser, deep_report)
+    page.fill("#layer-filter", "denseblock2.denselayer7.conv2")
+    visible = page.eval_on_selector_all(
+        "nav#toc li.layer:not(.hidden)", "els => els.map(e => e.dataset.name)"
+    )
+    assert visible == ["features.denseblock2.denselayer7.conv2"]
+    assert "1 matching layers" in page.inner_text("#layer-filter-hint")
+    page.press("#layer-filter", "Enter")
+    anchor = "layer-features-denseblock2-denselayer7-conv2"
+    page.wait_for_function(
+        f"document.getElementById('{anchor}').querySelector('.fig[data-fig]')"
+        ".dataset.state === 'drawn'",
+        timeout=20_000,
+    )
+    top = page.evaluate(f"document.getElementById('{anchor}').getBoundingClientRect().top")
+    assert abs(top) < 40  # scrolled to the layer
+    assert page.evaluate(f"document.getElementById('{anchor}').closest('details').open")
+    assert page.url.endswith("#" + anchor)
+    page.fill("#layer-filter", "")
+    assert page.eval_on_selector_all("nav#toc li.layer.hidden", "els => els.length") == 0
+    assert errors == []
+    page.close()
+
+
+# -- the live page ---------------------------------------------------------------------------------
+def _live_store(root: Path, heartbeat: float) -> Any:
+    import numpy as np
+
+    from cnnviz.store import RunStore
+
+    store = RunStore(root / "cnnviz")
+    store.update_run(status="running", heartbeat=heartbeat, layers=["c1"])
+    return store, np
+
+
+def _add_event(store: Any, np: Any, e: int) -> None:
+    meta = {"event": "epoch", "label": f"epoch {e + 1}"}
+    rng = np.random.default_rng(e)
+    store.write(
+        "metrics",
+        None,
+        source="cnnviz",
+        epoch=e,
+        step=e,
+        meta={**meta, "values": {"loss": 1 / (e + 1)}},
+    )
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    store.write(
+        "filters", {"weight": w, "norms": np.ones(4)}, source="f", layer="c1", epoch=e, meta=meta
+    )
+
+
+def test_live_page_follows_the_run_and_reloads_into_the_final_report(
+    browser: Any, tmp_path: Path
+) -> None:
+    import time
+
+    from cnnviz.report import build_report
+    from cnnviz.report.live import LiveReport
+
+    store, np = _live_store(tmp_path, time.time())
+    live = LiveReport(store.root, tmp_path / "report.html", title="live test")
+    live.start()
+    _add_event(store, np, 0)
+    live.update()
+    page, errors, blocked = _open(browser, tmp_path / "report.html")
+    page.wait_for_function(
+        "document.querySelector('#layer-0 .live-label') && "
+        "document.querySelector('#layer-0 .live-label').textContent.includes('epoch 1') && "
+        "document.querySelector('#layer-0 .fig').dataset.state === 'drawn'",
+        timeout=15_000,
+    )
+    assert "Training is running" in page.inner_text("#live-banner")
+    page.evaluate("window.stayed = true")
+    _add_event(store, np, 1)
+    live.update()  # the open page picks the new event up without reloading
+    page.wait_for_function(
+        "document.querySelector('#layer-0 .live-label').textContent.includes('epoch 2')",
+        timeout=15_000,
+    )
+    page.wait_for_function("window.cnnvizLive.state.points.length === 2", timeout=15_000)
+    assert page.evaluate("window.stayed") is True
+    store.update_run(status="finished")
+    build_report(store.root, tmp_path / "report.html", progress=False)
+    with page.expect_navigation(timeout=15_000):
+        live.finish()  # the index says "final": the page reloads into the full report
+    page.wait_for_selector("#cnnviz-config", state="attached")
+    assert page.evaluate("window.cnnvizLive === undefined")
+    assert errors == [] and blocked == []
+    page.close()
+
+
+def test_live_page_stops_when_the_writer_stops_responding(browser: Any, tmp_path: Path) -> None:
+    import time
+
+    from cnnviz.report.live import LiveReport
+
+    # the writer's last heartbeat was 57 s ago: fresh at the first read, stale within seconds
+    store, np = _live_store(tmp_path, time.time() - 57)
+    live = LiveReport(store.root, tmp_path / "report.html", title="live test")
+    live.start()
+    _add_event(store, np, 0)
+    live.update()
+    page, errors, _ = _open(browser, tmp_path / "report.html")
+    page.wait_for_function(
+        "document.getElementById('live-banner').textContent.includes('stopped responding')",
+        timeout=20_000,
+    )
+    polls = page.evaluate("window.cnnvizLive.polls")
+    page.wait_for_timeout(5_000)  # more than two poll intervals: no more reading
+    assert page.evaluate("window.cnnvizLive.polls") == polls
+    assert "last heartbeat" in page.inner_text("#live-banner")
+    assert errors == []
+    page.close()

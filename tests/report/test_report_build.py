@@ -63,11 +63,11 @@ def test_each_record_kind_is_rendered(built: tuple[Path, str]) -> None:
     assert text.count("the input region unit (1, 1) sees") == 3
     assert text.count("top-4 patches per channel, strongest first") == 3
     assert text.count("optimised inputs (hover: activation reached)") == 3
-    assert 'title="features.0 channel 2, #1, activation' in html
-    assert 'title="&lt;script&gt;alert(1)&lt;/script&gt; channel 5, #4' in html
+    assert 'title="ch 2 #1: activation' in html
+    assert 'title="ch 5 #4: activation' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;: top-4 patches per channel" in html
     assert re.search(
-        r'class="cell box" style="left:12\.500%;top:0\.000%;width:31\.250%;'
-        r'height:31\.250%"',
+        r'class="cell box" style="left:12\.50%;top:0\.00%;width:31\.25%;height:31\.25%"',
         html,
     )  # region (0, 5, 2, 7) of a 16 px image
     assert "3×3×3×4 + 4 = 112" in text  # the layer table's weight count, written out
@@ -75,7 +75,7 @@ def test_each_record_kind_is_rendered(built: tuple[Path, str]) -> None:
     assert "dead at epoch 3: 1" in text and "unchanged at epoch 3: 2" in text
     assert "saliency: absolute <values>" in text
     assert "deeplift not available: reused <module>" in text
-    assert "effective / theoretical size 0.50" in text
+    assert "90% of the gradient mass in 50% of the theoretical field" in text
 
 
 def test_hostile_strings_are_escaped_everywhere(built: tuple[Path, str]) -> None:
@@ -89,7 +89,8 @@ def test_hostile_strings_are_escaped_everywhere(built: tuple[Path, str]) -> None
     # only the page's own scripts exist: plotly (packed), config, figures, the app
     kinds = {a.get("type") for a, _ in page.scripts}
     assert kinds <= {"application/json", "application/octet-stream", None}
-    assert sum(1 for a, _ in page.scripts if a.get("type") is None) == 1
+    inline = [b for a, b in page.scripts if a.get("type") is None]
+    assert len(inline) == 2 and inline[1] == "window.cnnviz.start();"  # the app, its start
     # plotly text in figures shows the name literally (entities, not tags)
     figs = json.dumps([f["layout"] for f in figures(html).values()])
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in figs
@@ -173,7 +174,7 @@ def test_failed_run_shows_the_error(full_run: Path, tmp_path: Path) -> None:
 def test_progress_lines(full_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     build_report(full_run, progress=True)
     err = capsys.readouterr().err
-    assert "cnnviz report: [1/8] overview" in err
+    assert "cnnviz report: [1/9] overview" in err
     assert f"layer {EVIL}" in err
     assert re.search(r"wrote .*report\.html \([0-9.]+ MB, \d+ figures", err)
 
@@ -271,7 +272,8 @@ def test_events_are_thinned_to_max_events(full_run: Path, tmp_path: Path) -> Non
     )
     labels = [s["label"] for s in fig["layout"]["sliders"][0]["steps"]]
     assert labels == ["start", "epoch 3"]
-    assert "Showing 2 of 4 logged events" in html
+    assert "2 of 4 logged events are not shown here" in html
+    assert "2 of 4 logged events are not on the slider" in html  # the predictions say so too
 
 
 def test_a_built_page_gets_a_new_heartbeat_without_a_rebuild(

@@ -60,43 +60,79 @@ def test_report_is_written_at_the_end_of_fit(tmp_path: Path) -> None:
     assert report.builds == 1  # not live: once, at the end
     assert "net.features.c1" in html and "cdn.plot.ly" not in html
     assert "cdn.plot.ly" in (tmp_path / "out" / "r.html").read_text()
+    assert not (tmp_path / "report_live").exists()  # not live: no live page, no data folder
 
 
-def test_live_report_is_rewritten_after_each_event(tmp_path: Path) -> None:
-    seen: list[str] = []
+def _index(run: Path) -> dict[str, Any]:
+    text = (run / "report_live" / "index.js").read_text()
+    m = re.search(r"cnnvizLive\.index\((.*)\);", text, re.S)
+    assert m is not None
+    return json.loads(m.group(1))
 
-    class Spy(pl.Callback):  # runs after Report: reads the page each epoch
-        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            seen.append(_config((tmp_path / "report.html").read_text())["status"])
 
+def test_live_page_during_the_fit_and_the_final_report_at_the_end(tmp_path: Path) -> None:
+    seen: list[tuple[str, str, list[str]]] = []
     report = Report(live=True)
+
+    class Spy(pl.Callback):  # runs after Report: looks at the page each epoch
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if report._pending is not None:
+                report._pending.result(timeout=60)  # the update runs on the store's thread
+            page = (tmp_path / "report.html").read_text()
+            index = _index(tmp_path)
+            layers = [row[0] for row in index["layers"]]
+            seen.append(("cnnviz-live" in page, index["status"], layers))
+
     _fit(tmp_path, [FilterWeights(), ActivationMaps(num_probe=4), report, Spy()])
-    assert seen == ["running", "running"]  # the page reloads itself while training runs
-    assert report.builds == 4  # start, 2 epochs, end
+    # while training: the small live page, fed by report_live/ (status from run.json)
+    assert [s[:2] for s in seen] == [(True, "running"), (True, "running")]
+    assert "net.features.c1" in seen[-1][2]
+    assert report.updates >= 2 and report.builds == 1  # the single file is built once
+    # at the end: report.html is the final single-file report; open live pages are told
     html = (tmp_path / "report.html").read_text()
-    cfg = _config(html)
-    assert {k: cfg[k] for k in ("live", "status", "reload_ms", "stale_s")} == {
-        "live": True,
-        "status": "finished",
-        "reload_ms": 5000,
-        "stale_s": 60.0,
-    }
-    assert set(cfg) == {"live", "status", "reload_ms", "heartbeat", "built", "stale_s", "template"}
+    assert 'id="cnnviz-live"' not in html and _config(html)["status"] == "finished"
+    assert "net.features.c1" in html and "cdn.plot.ly" not in html
+    index = _index(tmp_path)
+    assert index["final"] is True
+    assert sorted(p.name for p in (tmp_path / "report_live").iterdir()) == ["index.js"]
     assert not list(tmp_path.glob(".report.html.*"))  # no temporary file left behind
     # nothing changed in the store: no rebuild; a deleted page is written again
     report._build(final=True)
-    assert report.builds == 4
+    assert report.builds == 1
     (tmp_path / "report.html").unlink()
     report._build(final=True)
-    assert report.builds == 5
+    assert report.builds == 2
 
 
-def test_step_events_trigger_live_rebuilds(tmp_path: Path) -> None:
+def test_step_events_update_the_live_page(tmp_path: Path) -> None:
+    labels: list[str] = []
     report = Report(live=True, every_n_epochs=100)
-    _fit(
-        tmp_path, [FilterWeights(every_n_epochs=None, every_n_steps=1, log_on_start=False), report]
-    )
-    assert report.builds == 6  # train start, 4 optimizer steps, the end
+
+    class Spy(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            if report._pending is not None:
+                report._pending.result(timeout=60)
+            labels.append(_index(tmp_path)["event"])
+
+    cb = FilterWeights(every_n_epochs=None, every_n_steps=1, log_on_start=False, budget=None)
+    _fit(tmp_path, [cb, report, Spy()])
+    assert labels == ["step 1", "step 2", "step 3", "step 4"]  # each step's filters, as they come
+
+
+def test_live_updates_run_off_the_training_thread(tmp_path: Path) -> None:
+    import threading
+
+    threads: list[str] = []
+    report = Report(live=True)
+    original = report._live_update
+
+    def spy() -> None:
+        threads.append(threading.current_thread().name)
+        original()
+
+    report._live_update = spy  # type: ignore[method-assign]
+    _fit(tmp_path, [FilterWeights(), report])
+    assert threads and all(t.startswith("cnnviz-store") for t in threads)
 
 
 def test_a_failed_fit_still_gets_a_page(tmp_path: Path) -> None:
@@ -139,6 +175,7 @@ def test_report_must_come_last(tmp_path: Path) -> None:
         ({"plotly_js": "web"}, ValueError, "`plotly_js` must be 'inline' or 'cdn'"),
         ({"every_n_epochs": 0}, ValueError, "`every_n_epochs`"),
         ({"every_n_epochs": True}, ValueError, "`every_n_epochs`"),
+        ({"progress": 1}, TypeError, "`progress` must be a bool"),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:

@@ -1,11 +1,11 @@
-"""The slider helper and Plotly text escaping (cnnviz.figures._steps)."""
+"""The slider helper, Plotly text escaping and sizes (cnnviz.figures._common)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import pytest
 
-from cnnviz.figures._steps import fig_height, plotly_text, step_slider
+from cnnviz.figures._common import event_slider, fig_height, plotly_text, step_slider
 
 
 def _fig(n: int) -> go.Figure:
@@ -49,3 +49,10 @@ def test_fig_height_is_clamped() -> None:
     assert fig_height(10) == 220
     assert fig_height(5000) == 900
     assert fig_height(300, slider=True) == 300 + 80 + 90
+
+
+def test_event_slider_groups_consecutive_traces() -> None:
+    fig = _fig(6)
+    event_slider(fig, ["a", "b", "c"], per_step=2, prefix="at ")
+    assert [t.visible for t in fig.data] == [False, False, False, False, True, True]
+    assert fig.layout.sliders[0].steps[0].args[0]["visible"] == [True, True] + [False] * 4
