@@ -80,10 +80,72 @@ def test_sequence_models_are_skipped_with_a_warning(tmp_path):
     train, val = make_loaders((4, 20), num_classes=3)
     cb = FeatureVisualization(steps=4, store_dir=tmp_path / "s", strict=False)
     trainer = make_trainer(tmp_path, [cb], max_epochs=1)
-    with pytest.warns(UserWarning, match="FeatureVisualization is off for this fit: it needs image"):
+    with pytest.warns(
+        UserWarning, match="FeatureVisualization is off for this fit: it needs image"
+    ):
         trainer.fit(module, train, val)
     assert trainer.state.finished
     assert RunStore(tmp_path / "s").records("featvis") == []
     with pytest.raises(ValueError, match="FeatureVisualization: it needs image inputs"):
         strict = FeatureVisualization(steps=4, store_dir=tmp_path / "t", strict=True)
         make_trainer(tmp_path, [strict], max_epochs=1).fit(module, train, val)
+
+
+def test_sigterm_during_feature_visualisation_stops_it_promptly(tmp_path, monkeypatch) -> None:
+    """SIGTERM while the images are optimised: stop at the next step, keep what was done."""
+    import os
+    import signal
+
+    from cnnviz.callbacks.progress import Progress
+
+    sent = []
+    original = Progress.update
+
+    def update(self: Progress, n: int = 1) -> None:
+        original(self, n)
+        if not sent and self.done >= 3:  # a few steps in: the user's job scheduler stops us
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Progress, "update", update)
+    module = case_module(make_lenet())
+    train, val = make_loaders()
+    cb = FeatureVisualization(steps=400, max_channels=2, store_dir=tmp_path / "s")
+    with pytest.warns(UserWarning, match=r"stopped after .* the trainer was asked to stop"):
+        make_trainer(tmp_path, [cb], max_epochs=1).fit(module, train, val)
+    assert sent
+    store = RunStore(tmp_path / "s")
+    records = store.records("featvis")
+    # the first layer stopped after a few of its 400 steps; no later layer was begun
+    assert len(records) <= 1
+    for record in records:
+        assert record.meta["stopped_at"] is not None and record.meta["stopped_at"] < 400
+    assert store.run_info()["status"] in ("finished", "interrupted")
+    assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_ctrl_c_during_feature_visualisation_leaves_a_consistent_store(tmp_path, monkeypatch):
+    """Ctrl-C: Lightning shuts down (SystemExit); the store is flushed, marked, reported on."""
+    import signal
+
+    from cnnviz.callbacks.progress import Progress
+
+    def update(self: Progress, n: int = 1) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "update", update)
+    monkeypatch.setenv("CNNVIZ_AUTO_REPORT", "1")
+    previous = signal.getsignal(signal.SIGINT)
+    module = case_module(make_lenet())
+    leak = hook_count(module)
+    train, val = make_loaders()
+    cb = FeatureVisualization(steps=50, max_channels=2)
+    try:
+        with pytest.raises(SystemExit):
+            make_trainer(tmp_path, [cb], max_epochs=1).fit(module, train, val)
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores SIGINT while it shuts down
+    store = RunStore(tmp_path / "cnnviz")
+    assert store.run_info()["status"] == "interrupted"
+    assert (tmp_path / "report.html").is_file()
+    assert hook_count(module) == leak
