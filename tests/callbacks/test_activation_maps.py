@@ -127,7 +127,9 @@ def test_probe_checked_against_the_declared_input_shape(tmp_path) -> None:
     train, val = make_loaders((3, 32, 32))
     cb = ActivationMaps(probe=torch.randn(2, 3, 28, 28))
     with pytest.raises(
-        ValueError, match=r"cannot run on the probe input.*expects input of shape \(N, 3, 32, 32\); got \(2, 3, 28, 28\)"
+        ValueError,
+        match=r"cannot run on the probe input.*expects input of shape \(N, 3, 32, 32\); "
+        r"got \(2, 3, 28, 28\)",
     ):
         make_trainer(tmp_path, [cb], max_epochs=1).fit(module, train, val)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 
 import lightning.pytorch as pl
 import numpy as np

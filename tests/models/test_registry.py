@@ -124,8 +124,8 @@ def test_unknown_kwarg_is_named_and_accepted_ones_listed() -> None:
     ("name", "kwargs", "error", "match"),
     [
         ("lenet5", {"num_classes": 0}, ValueError, r"`num_classes` must be a positive int; got 0"),
-        ("lenet5", {"num_classes": 2.0}, TypeError, r"`num_classes` must be a positive int; got float"),
-        ("lenet5", {"in_channels": True}, TypeError, r"`in_channels` must be a positive int; got bool"),
+        ("lenet5", {"num_classes": 2.0}, TypeError, r"`num_classes` must be a positive.*float"),
+        ("lenet5", {"in_channels": True}, TypeError, r"`in_channels` must be a positive.*bool"),
         ("lenet5", {"input_size": 30}, ValueError, r"`input_size` must be one of 32, 28; got 30"),
         ("lenet5", {"activation": "gelu"}, ValueError, r"`activation` must be one of 'tanh'"),
         ("lenet5", {"pooling": "sum"}, ValueError, r"`pooling` must be one of 'avg', 'max'"),
@@ -140,11 +140,11 @@ def test_unknown_kwarg_is_named_and_accepted_ones_listed() -> None:
         ("convnetjs_cifar10", {"input_size": 28}, ValueError, r"one of 32, 64; got 28"),
         ("alphago_policy", {"num_classes": 10}, ValueError, r"`num_classes` must equal input_size"),
         ("alphago_policy", {"input_size": 9, "num_classes": 361}, ValueError, r"= 81"),
-        ("alphago_policy", {"width": "wide"}, TypeError, r"`width` must be a positive int; got str"),
+        ("alphago_policy", {"width": "wide"}, TypeError, r"`width` must be a positive.*str"),
         ("alphago_policy", {"position_bias": "yes"}, TypeError, r"`position_bias` must be a bool"),
         ("kim_cnn", {"vocab_size": 0}, ValueError, r"`vocab_size` must be a positive int"),
         ("kim_cnn", {"input_size": 4}, ValueError, r"`input_size` must be one of 64, 32"),
-        ("kim_cnn", {"embed_dim": None}, TypeError, r"`embed_dim` must be a positive int; got NoneType"),
+        ("kim_cnn", {"embed_dim": None}, TypeError, r"`embed_dim` must be a positive.*None"),
     ],
 )
 def test_invalid_kwarg_values(name: str, kwargs: dict, error: type, match: str) -> None:

@@ -394,3 +394,136 @@ def config(html_text: str) -> dict[str, Any]:
     )
     assert m is not None
     return json.loads(m.group(1))
+
+
+# -- dissection, faithfulness and feature visualisation records (typed, via RunStore.put) -------
+DISSECT_WRITER = "ConceptDissection{}"
+CONCEPTS = [
+    ("circle", "object"),
+    ("bars", "object"),
+    ("edge", "part"),
+    ("background", "scene"),
+    ("red", "colour"),
+]
+
+
+def dissection_record(
+    units: int, detectors: dict[int, int], *, control: str = "", seed: int = 0
+) -> Any:
+    """A ``DissectionRecord`` of ``units`` units; ``detectors`` maps a unit to its concept.
+
+    Detector units get an IoU of 0.05 + 0.01·unit (over the 0.04 threshold); the others a best
+    IoU under it.
+    """
+    from cnnviz.store import ConceptInfo, DissectionRecord
+
+    rng = np.random.default_rng(seed)
+    k = len(CONCEPTS)
+    iou = rng.uniform(0.0, 0.03, (units, k)).astype(np.float32)
+    for u, c in detectors.items():
+        iou[u, c] = 0.05 + 0.01 * u
+    order = np.argsort(-iou, axis=1)
+    best, runner = order[:, 0], order[:, 1]
+    rows = np.arange(units)
+    labelled = iou[rows, best] >= 0.04
+    found: dict[str, list[str]] = {}
+    for u in np.flatnonzero(labelled):
+        name, cat = CONCEPTS[best[u]]
+        if name not in found.setdefault(cat, []):
+            found[cat].append(name)
+    cats = {cat for _, cat in CONCEPTS}
+    return DissectionRecord(
+        threshold=rng.random(units),
+        top_fraction=np.full(units, 0.005),
+        iou=iou,
+        intersection=np.zeros((units, k), dtype=np.int64),
+        region=np.full(units, 100),
+        concept_area=np.full(k, 1000),
+        best=best,
+        best_iou=iou[rows, best],
+        runner_up=runner,
+        runner_up_iou=iou[rows, runner],
+        labelled=labelled,
+        concepts=tuple(ConceptInfo(n, c) for n, c in CONCEPTS),
+        images=64,
+        mask_size=(16, 16),
+        map_size=(8, 8),
+        stage="activation",
+        read_path=("features.1",),
+        control=control,
+        labelled_units=int(labelled.sum()),
+        detectors={c: tuple(found.get(c, ())) for c in cats},
+        detector_counts={c: len(found.get(c, ())) for c in cats},
+    )
+
+
+def write_dissection(
+    store: RunStore,
+    *,
+    layer: str = "features.0",
+    units: int = 6,
+    history: list[dict[int, int]] | None = None,
+    control: dict[int, int] | None = None,
+    model: bool = True,
+) -> None:
+    """One ``dissection`` record per event of ``history`` and, with ``control``, the control's.
+
+    The control is written with the last event's label, as the callback does.
+    """
+    history = history if history is not None else [{}, {0: 1}, {0: 1, 3: 2, 5: 1}]
+    last = len(history) - 1
+    if model:
+        for e, detectors in enumerate(history):
+            store.put(
+                dissection_record(units, detectors, seed=e),
+                writer=DISSECT_WRITER,
+                layer=layer,
+                epoch=e,
+                step=10 * e,
+                event="epoch",
+                label=f"epoch {e + 1}",
+            )
+    if control is not None:
+        store.put(
+            dissection_record(units, control, control="reinit", seed=99),
+            writer=DISSECT_WRITER,
+            layer=layer,
+            epoch=last,
+            step=10 * last,
+            event="epoch",
+            label=f"epoch {last + 1}",
+        )
+
+
+def faithfulness(methods: dict[str, float], *, steps: int = 4) -> Any:
+    """A ``Faithfulness`` whose methods have the given scores (ranked by them)."""
+    from cnnviz.store.records import Faithfulness, FaithfulnessCurves
+
+    x = np.linspace(0, 1, steps + 1)
+
+    def curves(s: float) -> FaithfulnessCurves:
+        deletion = tuple(float(v) for v in 0.9 * (1 - x) ** (1 + 4 * s))
+        insertion = tuple(float(v) for v in 0.1 + 0.8 * x ** (1 / (1 + 4 * s)))
+        return FaithfulnessCurves(
+            deletion=deletion,
+            insertion=insertion,
+            deletion_auc=0.45 - s / 2,
+            insertion_auc=0.5 + s / 2,
+            score=s,
+        )
+
+    return Faithfulness(
+        fractions=tuple(float(v) for v in x),
+        methods={m: curves(s) for m, s in methods.items()},
+        random=FaithfulnessCurves(
+            deletion=tuple(float(v) for v in 0.9 * (1 - x)),
+            insertion=tuple(float(v) for v in 0.1 + 0.8 * x),
+            deletion_auc=0.45,
+            insertion_auc=0.5,
+            score=0.0,
+        ),
+        random_spread=0.05,
+        ranking=tuple(sorted(methods, key=lambda m: -methods[m])),
+        deletion_baseline="zeros",
+        insertion_baseline="blur",
+    )

@@ -448,3 +448,65 @@ def test_live_page_stops_when_the_writer_stops_responding(browser: Any, tmp_path
     assert "last heartbeat" in page.inner_text("#live-banner")
     assert errors == []
     page.close()
+
+
+# -- concept dissection, the faithfulness ranking, shared feature visualisations -----------------
+@pytest.fixture(scope="module")
+def checks_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    from report_helpers import faithfulness, write_dissection, write_full_run
+
+    from cnnviz.report import build_report
+    from cnnviz.store import AttributionChecksRecord, FeatvisRecord
+
+    run = tmp_path_factory.mktemp("checks") / "run"
+    store = write_full_run(run)  # topk records for features.0: patches beside its units
+    write_dissection(store, layer="features.0", control={2: 0})
+    write_dissection(store, layer="features.2", units=8, control={})
+    at = {"epoch": 2, "step": 30, "event": "epoch", "label": "epoch 3"}
+    store.put(
+        AttributionChecksRecord(
+            faithfulness=faithfulness({"saliency": 0.2, "grad_cam": 0.1, "smoothgrad": -0.05}),
+            masks=False,
+        ),
+        writer="at",  # the writer of write_full_run's checks
+        **at,
+    )
+    store.put(
+        FeatvisRecord(images=np.random.default_rng(0).random((3, 16, 16, 3)), same_as="features.0"),
+        writer="FeatureVisualization{}",
+        layer="features.2",
+        **at,
+    )
+    return build_report(run, progress=False)
+
+
+def test_dissection_and_faithfulness_draw_without_errors(browser: Any, checks_report: Path) -> None:
+    page, errors, blocked = _open(browser, checks_report)
+    for anchor in ("dissection", "attributions", "layer-features-0", "layer-features-2"):
+        page.evaluate("id => window.cnnviz.reveal(id)", anchor)
+        states = page.evaluate(
+            "id => Promise.all(Array.from(document.getElementById(id)"
+            ".querySelectorAll('.fig[data-fig]')).map(el => window.cnnviz.render(el)"
+            ".then(() => el.dataset.state)))",
+            anchor,
+        )
+        assert states and set(states) == {"drawn"}, (anchor, states)
+    titles = page.eval_on_selector_all(
+        "#dissection .gtitle, #attributions .gtitle", "els => els.map(e => e.textContent)"
+    )
+    assert "Unique detectors per layer, by concept category" in titles
+    assert any(t.startswith("Deletion and insertion curves") for t in titles)
+    # the top patches beside the units are pictures that load, inside the table's width
+    pics = page.eval_on_selector_all(
+        "#layer-features-0 .layer-dissection img",
+        "els => els.map(e => [e.complete, e.naturalWidth, e.getBoundingClientRect().height])",
+    )
+    assert pics and all(done and width > 0 and 30 < h < 50 for done, width, h in pics)
+    wrap = page.evaluate(
+        "() => { const t = document.querySelector('#layer-features-0 .dissect .tablewrap');"
+        " return [t.scrollWidth, t.clientWidth]; }"
+    )
+    assert wrap[0] <= wrap[1]  # nothing cut off sideways at 1280 px
+    assert errors == [] and blocked == []
+    page.close()

@@ -174,7 +174,7 @@ def test_failed_run_shows_the_error(full_run: Path, tmp_path: Path) -> None:
 def test_progress_lines(full_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     build_report(full_run, progress=True)
     err = capsys.readouterr().err
-    assert "cnnviz report: [1/9] overview" in err
+    assert "cnnviz report: [1/10] overview" in err
     assert f"layer {EVIL}" in err
     assert re.search(r"wrote .*report\.html \([0-9.]+ MB, \d+ figures", err)
 

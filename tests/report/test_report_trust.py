@@ -277,9 +277,12 @@ def test_mask_note_adapts_to_the_data(tmp_path: Path) -> None:
         step=1,
         meta={**EPOCH, "randomisation": {"method": "saliency", "layers": ["fc"], "spearman": [0]}},
     )
-    text = _text(build_report(other.root, progress=False).read_text())
-    assert "no object masks, so the mask-share check" in text
-    assert "Shapes masks" not in text and "foreground masks" not in text
+    html = build_report(other.root, progress=False).read_text()
+    section = re.search(r'<section class="card" id="attributions">(.*?)</section>', html, re.S)
+    assert section is not None
+    text = _text(section.group(1))
+    assert "mask" not in text.lower()  # without masks, nothing is said about them
+    assert "Model randomisation (Adebayo et al., 2018)" in text
 
 
 def test_tokens_are_coloured_words() -> None:
