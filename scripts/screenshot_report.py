@@ -3,6 +3,7 @@
 Usage:
     python scripts/screenshot_report.py runs/<run>                # -> docs/report.png
     python scripts/screenshot_report.py runs/<run> --anchor predictions --height 1100
+    python scripts/screenshot_report.py runs/<run> --anchor dissection -o dissection.png
     python scripts/screenshot_report.py path/to/report.html -o shot.png --full-page
 
 The report is built first when RUN is a run directory without ``report.html``.

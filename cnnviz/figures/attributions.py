@@ -176,8 +176,8 @@ def attribution_checks_figure(
     if not panels:
         raise ValueError("give `randomisation` and/or `mask_share`")
     titles = {
-        "randomisation": "model randomisation: rank correlation (should fall)",
-        "mask": "share of attribution inside the object mask",
+        "randomisation": "model randomisation:<br>rank correlation (should fall)",
+        "mask": "share of attribution<br>inside the object mask",
     }
     fig = make_subplots(
         rows=1,
@@ -240,7 +240,10 @@ def attribution_checks_figure(
             fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=col)
     longest = max((len(str(s)) for s in (randomisation or {}).get("layers", [])), default=0)
     bottom = int(min(220, 70 + 4.2 * longest))  # rotated layer names under the axis
-    base_layout(fig, "Attribution checks", height=300 + bottom)
-    fig.update_layout(margin={"l": 60, "b": bottom, "r": 170})
+    base_layout(fig, "Attribution checks", height=330 + bottom)
+    fig.update_layout(
+        margin={"l": 60, "b": bottom, "r": 170, "t": 95},
+        title={"y": 1 - 12 / (330 + bottom), "yanchor": "top"},
+    )
     fig.update_layout(barmode="group", legend={"orientation": "v", "x": 1.02, "y": 1})
     return fig

@@ -100,11 +100,14 @@ _LINES = {
 }
 
 
-def panel_figure(panel: Panel, *, title: str | None = None) -> go.Figure:
+def panel_figure(
+    panel: Panel, *, title: str | None = None, subtitle: str | None = None
+) -> go.Figure:
     """A :class:`Panel` as a Plotly figure (for loggers that take figures).
 
     Boxes become outlines, padding semi-transparent red, labels text, hover texts invisible
-    markers at the cells' centres.
+    markers at the cells' centres. ``subtitle`` is a smaller line under the title (what the
+    marks in the picture mean).
     """
     h, w = panel.size
     top, left = panel.offset
@@ -166,6 +169,11 @@ def panel_figure(panel: Panel, *, title: str | None = None) -> go.Figure:
         plotly_text(title or panel.title or panel.caption),
         height=fig_height(min(760, panel.width_px() * h / max(w, 1))),
     )
+    if subtitle:
+        fig.update_layout(
+            title={"subtitle": {"text": plotly_text(subtitle), "font": {"size": 11}}},
+            margin={"t": 70},
+        )
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
     return fig

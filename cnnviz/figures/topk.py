@@ -211,6 +211,9 @@ def topk_figure(
 ) -> go.Figure:
     """:func:`topk_panel` as a Plotly figure (for loggers).
 
+    With ``padding`` (and ``inside``), the patches that reach into the zero padding are marked
+    as in :func:`topk_panel` and a line under the title says how many and how they are marked.
+
     Example:
         >>> fig = topk_figure(patches, values, layer="features.3", channels=[0, 1, 2])
     """
@@ -224,4 +227,5 @@ def topk_figure(
         inside=inside,
         max_size=max_size,
     )
-    return panel_figure(panel)
+    _, _, marks = panel.caption.partition("; ")  # "...; 3 of them reach into the padding..."
+    return panel_figure(panel, subtitle=marks[:1].upper() + marks[1:] if marks else None)

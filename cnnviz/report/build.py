@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnviz.report.data import RunData, find_store, load_run
+from cnnviz.report.dissection import dissection_section
 from cnnviz.report.groups import GROUP_FROM, LayerGroup, group_layers, strip_prefix
 from cnnviz.report.html import NavGroup, NavItem, Page, PlotlyJS, esc, message_page, table
 from cnnviz.report.layers import FIGURE_BUDGET, LayerBudget, layer_section
@@ -242,6 +243,7 @@ def build_report(
         ("layer table", lambda: layer_table_section(data, page, anchors)),
         ("predictions", lambda: predictions_section(data, page, max_events=max_events)),
         ("attributions", lambda: attributions_section(data, page)),
+        ("concept dissection", lambda: dissection_section(data, page, anchors)),
     ]
     total = len(steps) + len(layers)
     for i, (name, step) in enumerate(steps, start=1):
@@ -275,7 +277,13 @@ def build_report(
 
             def run(layer: str = layer, anchor: str = anchor, kind: list = kind) -> None:
                 kind[0] = layer_section(
-                    data, page, layer, anchor, max_events=max_events, budget=budget
+                    data,
+                    page,
+                    layer,
+                    anchor,
+                    max_events=max_events,
+                    budget=budget,
+                    anchors=anchors,
                 )
 
             ok = _guarded(page, f"layer {layer}", run, anchor=anchor)

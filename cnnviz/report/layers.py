@@ -54,7 +54,14 @@ from cnnviz.store.records import (
 
 R = TypeVar("R", bound=StoreRecord)
 
-__all__ = ["FIGURE_BUDGET", "LayerBudget", "layer_section", "param_formula", "read_label"]
+__all__ = [
+    "FIGURE_BUDGET",
+    "LayerBudget",
+    "layer_section",
+    "param_formula",
+    "read_label",
+    "topk_inside",
+]
 
 
 def param_formula(full_shape: Sequence[int], bias: bool | None) -> str:
@@ -177,15 +184,18 @@ def _short_name(module: str, layer: str) -> str:
     return module[len(parent) :] if parent and module.startswith(parent) else module
 
 
-def read_label(rec: ActivationsRecord | TopkRecord, layer: str) -> tuple[str, str, bool]:
+def read_label(rec: Any, layer: str) -> tuple[str, str, bool]:
     """What tensor a record read: ``(note, chip, post_activation)``.
+
+    ``rec`` is any record with ``stage``/``read_path`` (and ``read_from``) fields:
+    activations, top-k, feature visualisation, dissection.
 
     ``post_activation`` is ``False`` for conv maps read before any activation (``norm``,
     ``raw``): their zeros are not dead units.
     """
     stage = getattr(rec, "stage", None)
     path = [str(p) for p in getattr(rec, "read_path", ()) or ()]
-    src = rec.read_from
+    src = getattr(rec, "read_from", None)
     steps = " → ".join(_short_name(p, layer) for p in path)
     if stage == "norm":
         where = f" (read after {steps})" if steps else ""
@@ -708,6 +718,24 @@ def _geometry(
     return (*found, image)
 
 
+def topk_inside(
+    data: RunData, layer: str, rec: TopkRecord, patches: np.ndarray
+) -> np.ndarray | None:
+    """The part of each top-k patch inside the image (``[C, k, 4]``), when the store tells."""
+    positions = _array(rec, "positions")
+    geometry = _geometry(data, layer, rec)
+    if (
+        geometry is None
+        or positions is None
+        or positions.ndim != 3
+        or positions.shape[-1] != 2
+        or positions.shape[:2] != patches.shape[:2]
+    ):
+        return None
+    size, jump, start, image = geometry
+    return patch_inside(positions, size=size, jump=jump, start=start, image_size=image)
+
+
 def _topk(data: RunData, page: Page, layer: str, budget: LayerBudget) -> list[str]:
     recs = data.loadable(data.read(TopkRecord, layer), "values")
     rec = recs[-1] if recs else None
@@ -715,18 +743,7 @@ def _topk(data: RunData, page: Page, layer: str, budget: LayerBudget) -> list[st
     if rec is None or patches is None:
         return []
     padding = _array(rec, "padding")
-    positions = _array(rec, "positions")
-    inside = None
-    geometry = _geometry(data, layer, rec)
-    if (
-        geometry is not None
-        and positions is not None
-        and positions.ndim == 3
-        and positions.shape[-1] == 2
-        and positions.shape[:2] == patches.shape[:2]
-    ):
-        size, jump, start, image = geometry
-        inside = patch_inside(positions, size=size, jump=jump, start=start, image_size=image)
+    inside = topk_inside(data, layer, rec, patches)
     body = guarded(
         data,
         f"{layer}: top dataset patches",
@@ -777,11 +794,46 @@ def _topk(data: RunData, page: Page, layer: str, budget: LayerBudget) -> list[st
     return [*out, *body]
 
 
-def _featvis(data: RunData, page: Page, layer: str) -> list[str]:
+def _output_hw(data: RunData, layer: str) -> tuple[int, ...] | None:
+    """The layer's output spatial size, from its activations or the layer table."""
+    act = data.latest(ActivationsRecord, layer)
+    if act is not None and len(act.shape) > 2:
+        return tuple(int(v) for v in act.shape[2:])
+    row = layer_table_rows(data).get(layer)
+    if row is not None and row.output_shape and len(row.output_shape) > 1:
+        return tuple(int(v) for v in row.output_shape[1:])
+    return None
+
+
+def featvis_units(units: Sequence[int] | None, size: Sequence[int] | None) -> str:
+    """The output positions a feature visualisation averaged, in words.
+
+    Example:
+        >>> featvis_units([2, 12, 2, 12], [14, 14])
+        'output rows 2–11, columns 2–11 (10×10 of 14×14 positions)'
+    """
+    if units is None or len(units) != 4:
+        return ""
+    top, bottom, left, right = (int(v) for v in units)
+    h, w = bottom - top, right - left
+    if size is not None and len(size) == 2 and (top, left) == (0, 0) and (h, w) == tuple(size):
+        return f"all {h}×{w} output positions"
+    if h == 1 and w == 1:
+        return f"the single output position ({top}, {left})"
+    of = f" of {size[0]}×{size[1]}" if size is not None and len(size) == 2 else ""
+    return f"output rows {top}–{bottom - 1}, columns {left}–{right - 1} ({h}×{w}{of} positions)"
+
+
+def _featvis(
+    data: RunData, page: Page, layer: str, anchors: dict[str, str] | None = None
+) -> list[str]:
     recs = data.loadable(data.read(FeatvisRecord, layer), "images")
     if not recs:
         return []
     rec = recs[-1]
+    # a picture that two layers show (same_as) is held in the page once; the others stay
+    # lazily loaded <img>s (a page-wide picture is inlined in the page's style sheet)
+    shared = bool(rec.same_as) or any(r.same_as == layer for r in data.read(FeatvisRecord))
     body = guarded(
         data,
         f"{layer}: feature visualization",
@@ -792,17 +844,62 @@ def _featvis(data: RunData, page: Page, layer: str) -> list[str]:
                     _array(rec, "activations"),
                     layer=layer,
                     channels=list(rec.channels) or None,
-                )
+                ),
+                pictures=page.pictures if shared else None,
             )
         ],
     )
-    what = rec.objective
-    return [
-        "<h3>Feature visualization</h3>",
-        f"<p class=note>Inputs optimised to excite each channel"
-        f"{' (' + esc(what) + ')' if what else ''}, at {esc(rec.label)}.</p>",
-        *body,
+    chips = []
+    note, read_chip, post = read_label(rec, layer)
+    if read_chip:
+        chips.append(_chip(f"objective {read_chip}", "" if post else "pre"))
+    where = featvis_units(rec.units, _output_hw(data, layer))
+    if where:
+        chips.append(_chip(f"averages {where}"))
+    run = []
+    if rec.steps is not None:
+        run.append(f"{rec.steps} steps")
+    if rec.param:
+        run.append(f"{rec.param} parametrisation")
+    if _finite(rec.seconds) is not None and not rec.same_as:
+        run.append(f"{rec.seconds:.1f} s")
+    if run:
+        chips.append(_chip(", ".join(run)))
+    if rec.stopped_at is not None:
+        total = f" of {rec.steps}" if rec.steps is not None else ""
+        chips.append(
+            _chip(
+                f"stopped after {rec.stopped_at}{total} steps (SIGTERM): the images are unfinished",
+                "warn",
+            )
+        )
+    what = f" ({esc(rec.objective)} of the channel's map)" if rec.objective else ""
+    text = f"Inputs optimised to excite each channel{what}, at {esc(rec.label)}."
+    if note:
+        text += f" {esc(note)}"
+    if rec.units_reason:  # "interior units: receptive field inside the image"
+        why = rec.units_reason.split(": ", 1)[-1]
+        text += f" Why these units: {esc(why)}."
+    out = [
+        '<div class="featvis-part"><h3>Feature visualization</h3>',
+        f'<div class="chips">{"".join(chips)}</div>',
+        f"<p class=note>{text}</p>",
     ]
+    if rec.same_as:
+        anchor = (anchors or {}).get(rec.same_as)
+        other = (
+            f'<a href="#{esc(anchor)}">{esc(rec.same_as)}</a>'
+            if anchor
+            else f"<code>{esc(rec.same_as)}</code>"
+        )
+        out.append(
+            f"<p class=note><span class=chip>same images as {esc(rec.same_as)}</span> These "
+            f"are {other}'s images: this layer passes that layer's map on unchanged or pools "
+            "it (globally, or in windows that cover exactly its averaged units), so "
+            "maximising its channels is the same objective and they were not optimised again. "
+            "The activations in the hover text are measured on this layer.</p>"
+        )
+    return [*out, *body, "</div>"]
 
 
 def _grad_cam(data: RunData, page: Page, layer: str) -> list[str]:
@@ -860,12 +957,17 @@ def layer_section(
     *,
     max_events: int = 12,
     budget: LayerBudget | None = None,
+    anchors: dict[str, str] | None = None,
 ) -> str | None:
     """Write the section of ``layer`` to ``page``; returns the layer type (for the navigation).
 
-    Each part (filters, activation maps, fields, patches, Grad-CAM, feature visualisation) is
-    built on its own: one that fails becomes a note in the section, the others are drawn.
+    Each part (filters, activation maps, fields, patches, concept dissection, Grad-CAM,
+    feature visualisation) is built on its own: one that fails becomes a note in the section,
+    the others are drawn. ``anchors`` (layer to section id) links a layer that shares another
+    layer's feature visualisation to it.
     """
+    from cnnviz.report.dissection import layer_dissection  # it reads this module's helpers
+
     budget = budget or LayerBudget()
     row = layer_table_rows(data).get(layer)
     kind: str | None = None
@@ -881,8 +983,14 @@ def layer_section(
         ("activation maps", lambda: _activations(data, page, layer, max_events, budget)),
         ("receptive fields", lambda: _receptive(data, page, layer, max_events, budget)),
         ("top dataset patches", lambda: _topk(data, page, layer, budget)),
+        (
+            "concept dissection",
+            lambda: layer_dissection(
+                data, page, layer, patch_size=budget.patch_size, max_events=max_events
+            ),
+        ),
         ("Grad-CAM", lambda: _grad_cam(data, page, layer)),
-        ("feature visualization", lambda: _featvis(data, page, layer)),
+        ("feature visualization", lambda: _featvis(data, page, layer, anchors)),
     ):
         parts += guarded(data, f"{layer}: {name}", build)
     if len(parts) == 1:

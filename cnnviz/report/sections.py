@@ -587,7 +587,7 @@ def _checks(data: RunData) -> tuple[dict[str, Any] | None, dict[str, list[float]
         if rec.randomisation is not None:
             r = rec.randomisation
             rand = {"method": r.method, "layers": list(r.layers), "spearman": list(r.spearman)}
-        if rec.mask_share:
+        if rec.mask_share and rec.masks is not False:
             share = {k: list(v) for k, v in rec.mask_share.items()}
     return rand, share
 
@@ -613,11 +613,6 @@ def _token_view(data: RunData, maps: dict[str, np.ndarray], rec: AttributionsRec
             "so positions are shown instead of tokens.</p>"
         )
     return note + tokens_html(maps, ids, vocabulary=vocabulary, row_labels=labels)
-
-
-def _has_masks(data: RunData) -> bool:
-    probe = data.latest(ProbeRecord)
-    return _array(probe, "masks") is not None
 
 
 def attributions_section(data: RunData, page: Page) -> None:
@@ -677,47 +672,55 @@ def attributions_section(data: RunData, page: Page) -> None:
         if items:
             body.append(f"<ul class=note>{''.join(items)}</ul>")
     if has_checks:
-        rand, share = _checks(data)
-        body.append("<h3>Sanity and faithfulness checks</h3>")
-        text = []
-        if rand and rand.get("layers"):
-            text.append(
-                f"Model randomisation (Adebayo et al., 2018) of {esc(rand.get('method', ''))}: "
-                "the layers are replaced by random weights from the top down; a map that "
-                "explains the model must change, so its rank correlation with the trained "
-                "model's map should fall towards 0."
-            )
-        else:
-            text.append(
-                "The model randomisation check runs once, at the end of training; this run "
-                "has not recorded it."
-            )
-        if share:
-            text.append(
-                "Mask share: the part of the attribution that falls on the object (the probe's "
-                "foreground masks), next to the part of the image the object covers (chance)."
-            )
-        elif not _has_masks(data):
-            text.append(
-                "The probe data has no object masks, so the mask-share check (attribution on "
-                "the object against chance) could not run."
-            )
-        body.append(f"<p class=note>{' '.join(text)}</p>")
-        if (rand and rand.get("layers")) or share:
-            body += guarded(
-                data,
-                "attribution checks",
-                lambda: [page.figure(attribution_checks_figure(rand, share))],
-            )
-        if share:
-            body.append(
-                table(
-                    ["method", "inside the mask", "mask area"],
-                    [[m, f"{_first(v, 0):.1%}", f"{_first(v, 1):.1%}"] for m, v in share.items()],
-                )
-            )
+        body += _checks_part(data, page)
     page.nav("attributions", "Attributions")
     page.add_section("attributions", "".join(body))
+
+
+def _checks_part(data: RunData, page: Page) -> list[str]:
+    """The sanity checks (randomisation, mask share) and the faithfulness ranking.
+
+    The mask share is described only where the probe data had object masks (it ran).
+    """
+    from cnnviz.report.faithfulness import faithfulness_part  # it uses this module's helpers
+
+    rand, share = _checks(data)
+    faithful = guarded(data, "faithfulness ranking", lambda: faithfulness_part(data, page))
+    heading = "Sanity and faithfulness checks" if faithful else "Sanity checks"
+    body = [f"<h3>{heading}</h3>"]
+    text = []
+    if rand and rand.get("layers"):
+        text.append(
+            f"Model randomisation (Adebayo et al., 2018) of {esc(rand.get('method', ''))}: "
+            "the layers are replaced by random weights from the top down; a map that "
+            "explains the model must change, so its rank correlation with the trained "
+            "model's map should fall towards 0."
+        )
+    else:
+        text.append(
+            "The model randomisation check runs once, at the end of training; this run "
+            "has not recorded it."
+        )
+    if share:
+        text.append(
+            "Mask share: the part of the attribution that falls on the object (the probe's "
+            "foreground masks), next to the part of the image the object covers (chance)."
+        )
+    body.append(f"<p class=note>{' '.join(text)}</p>")
+    if (rand and rand.get("layers")) or share:
+        body += guarded(
+            data,
+            "attribution checks",
+            lambda: [page.figure(attribution_checks_figure(rand, share))],
+        )
+    if share:
+        body.append(
+            table(
+                ["method", "inside the mask", "mask area"],
+                [[m, f"{_first(v, 0):.1%}", f"{_first(v, 1):.1%}"] for m, v in share.items()],
+            )
+        )
+    return body + faithful
 
 
 def _first(v: Any, i: int) -> float:

@@ -166,7 +166,11 @@ def test_epoch_slider_changes_the_filter_image(loaded: Any) -> None:
     assert box is not None
     # the left end of the rail is the first step, "start" (waits until the rail is stable)
     rail.click(position={"x": 3, "y": box["height"] / 2})
-    page.wait_for_function(f"document.querySelector('{sel}')._fullLayout.sliders[0].active === 0")
+    # the slider moves first, the restyle that shows the first step's trace follows it
+    page.wait_for_function(
+        f"(() => {{ const gd = document.querySelector('{sel}');"
+        " return gd._fullLayout.sliders[0].active === 0 && gd._fullData[0].visible === true; })()"
+    )
     after = page.evaluate(state)
     assert after["visible"][0] is True and after["visible"][-1] is False
     assert after["images"] != before["images"]  # another heatmap is drawn

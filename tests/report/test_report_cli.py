@@ -25,7 +25,7 @@ def test_report_command(full_run: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "cdn.plot.ly" in out.read_text()
     path = run_report([str(full_run.parent)])  # a parent holding one run
     assert path == full_run / "report.html"
-    assert "[1/9] overview" in capsys.readouterr().err
+    assert "[1/10] overview" in capsys.readouterr().err
 
 
 def test_report_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
