@@ -441,6 +441,7 @@ class VizCallback(Outcomes, Callback):
             return plans[0]
         if self.cost.prior is None:
             self.cost.prior = self.prior_seconds_per_unit()
+        self.session.charge_background()
         self.session.budget.reserve = self.session.report_reserve(trainer)
         allowance = self.session.budget.allowance(
             self.state_key,

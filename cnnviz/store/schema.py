@@ -10,6 +10,7 @@ normalises an array against its :class:`ArraySpec`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -100,10 +101,12 @@ def array(
     return kw
 
 
+@functools.cache
 def array_specs(cls: type) -> tuple[tuple[str, ArraySpec], ...]:
     """``(field name, spec)`` for every array field of a record class, in declaration order.
 
     A field annotated as a mapping (``Mapping[str, np.ndarray]``) holds the ``"*"`` arrays.
+    Cached per class (resolving the type hints is slow and every record read needs them).
     """
     out = []
     hints = typing.get_type_hints(cls)
@@ -238,10 +241,16 @@ def check_value(value: Any, tp: Any, where: str, *, strict: bool) -> Any:
     raise TypeError(f"unsupported field type {tp!r} for `{where}`")  # a schema bug
 
 
+@functools.cache
+def _init_fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """The resolved type hints and the ``__init__`` fields of a dataclass (cached: slow)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return hints, {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
 def build_dataclass(cls: type, values: Mapping[str, Any], where: str, *, strict: bool) -> Any:
     """A (nested, meta-only) dataclass from JSON fields, each checked against its type."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _init_fields(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown and strict:
         raise RecordError(

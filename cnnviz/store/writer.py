@@ -191,6 +191,9 @@ class RunStore(UntypedAPI):
         self._executor: ThreadPoolExecutor | None = None
         self._pending: deque[Future[Any]] = deque()
         self._error: BaseException | None = None
+        #: CPU seconds the background thread spent on jobs (the time budget charges them: on a
+        #: machine whose cores train, they are taken from training).
+        self.background_seconds = 0.0
         self._local = threading.local()
         self._run: str | None = None
         self._segment = 0
@@ -498,10 +501,12 @@ class RunStore(UntypedAPI):
 
     def _job(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         self._local.in_job = True
+        start = time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
             self._local.in_job = False
+            self.background_seconds += time.thread_time() - start  # one writer thread
 
     # -- run.json -------------------------------------------------------------------------------
     def update_run(self, **facts: Any) -> dict[str, Any]:
