@@ -212,7 +212,17 @@ class ConceptBatch:
         return int(self.area.shape[0])
 
     def image_areas(self) -> Tensor:
-        """``int64 [N, K]``: pixels of each concept in each image."""
+        """``int64 [N, K]``: pixels of each concept in each image.
+
+        Computed once per batch (a cached batch is dissected at every event); do not modify.
+        """
+        cached = self.__dict__.get("_image_areas")
+        if cached is None:
+            cached = self._image_areas_uncached()
+            object.__setattr__(self, "_image_areas", cached)  # frozen: a cache, not a field
+        return cached
+
+    def _image_areas_uncached(self) -> Tensor:
         n, k = self.count, self.num_concepts
         out = torch.zeros((n, k), dtype=torch.int64, device=self.codes.device)
         image = torch.arange(n, device=self.codes.device).repeat_interleave(
