@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from cnnviz.analysis.capture import LayerCapture
 from cnnviz.analysis.modelio import Spec
-from cnnviz.callbacks.base import Event, VizCallback, check_count, spread
+from cnnviz.callbacks.base import Event, VizCallback, check_count, layer_options
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
 from cnnviz.callbacks.probe import check_probe_argument
 from cnnviz.figures.activations import activation_mosaic, activations_figure
@@ -141,11 +141,8 @@ class ActivationMaps(VizCallback):
         channel_options = [self.max_channels]
         if self.max_channels == _DEFAULT_CHANNELS and not self._channels:
             channel_options += [8, 4]
-        layer_options = [names]
-        if self._auto_layers and len(names) > 2:
-            layer_options += [spread(names, max(2, len(names) // 2)), spread(names, 2)]
         plans = []
-        for layers in layer_options:
+        for layers in layer_options(names, self._auto_layers, 2):
             for channels in channel_options:
                 cuts = []
                 if channels != self.max_channels:

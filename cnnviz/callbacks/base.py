@@ -43,6 +43,7 @@ from cnnviz.callbacks.events import (
     Event,
     budget_default,
     guarded,
+    layer_options,
     spread,
     strict_default,
 )
@@ -51,7 +52,7 @@ from cnnviz.callbacks.probe import Probe
 from cnnviz.callbacks.session import RunSession, default_store_dir, session_for
 from cnnviz.store import RunStore
 
-__all__ = ["DEEP", "Event", "VizCallback", "check_count", "guarded", "spread"]
+__all__ = ["DEEP", "Event", "VizCallback", "check_count", "guarded", "layer_options", "spread"]
 
 
 class VizCallback(Outcomes, Callback):

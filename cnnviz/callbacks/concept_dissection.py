@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from cnnviz._checks import check_choice, check_count, check_number
 from cnnviz.analysis.modelio import ModelIO, Spec
-from cnnviz.callbacks.base import Event, VizCallback, spread
+from cnnviz.callbacks.base import Event, VizCallback, layer_options
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
 from cnnviz.callbacks.probe import Probe
 from cnnviz.recording import dissection_record
@@ -211,11 +211,8 @@ class ConceptDissection(VizCallback):
         image_options = [self.num_images]
         if self.num_images == _DEFAULT_IMAGES:
             image_options += [256, 128]
-        layer_options = [names]
-        if self._auto_layers and len(names) > 2:
-            layer_options += [spread(names, max(2, len(names) // 2)), spread(names, 2)]
         plans = []
-        for layers in layer_options:
+        for layers in layer_options(names, self._auto_layers, 2):
             for count in image_options:
                 cuts = []
                 if count != self.num_images:

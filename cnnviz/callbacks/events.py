@@ -50,6 +50,18 @@ def spread(items: Sequence[Any], count: int) -> list[Any]:
     return [items[i] for i in sorted(picks)]
 
 
+def layer_options(names: Sequence[str], auto: bool, least: int) -> list[list[str]]:
+    """The layer lists a budget plan may watch, from all of ``names`` down.
+
+    For layers cnnviz chose itself (``auto``), half of them and then ``least`` of them follow,
+    evenly spread (always with the first and the last).
+    """
+    options = [list(names)]
+    if auto and len(names) > least:
+        options += [spread(names, max(least, len(names) // 2)), spread(names, least)]
+    return options
+
+
 def budget_default(budget: float | None) -> float | None:
     """``budget``, or the environment variable ``CNNVIZ_BUDGET`` when ``budget`` is the default.
 

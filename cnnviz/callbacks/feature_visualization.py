@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from cnnviz._checks import check_count, check_number
 from cnnviz.analysis.modelio import ModelIO, Spec
-from cnnviz.callbacks.base import Event, VizCallback, spread
+from cnnviz.callbacks.base import Event, VizCallback, layer_options
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
 from cnnviz.callbacks.probe import Probe
 
@@ -149,11 +149,8 @@ class FeatureVisualization(VizCallback):
         channel_options = [self.max_channels]
         if self.channels is None and self.max_channels == 16:
             channel_options += [8, 4]
-        layer_options = [names]
-        if self._auto_layers and len(names) > 1:
-            layer_options += [spread(names, max(1, len(names) // 2)), spread(names, 1)]
         plans = []
-        for layers in layer_options:
+        for layers in layer_options(names, self._auto_layers, 1):
             for channels in channel_options:
                 for steps in step_options:
                     width = sum(

@@ -24,7 +24,7 @@ from cnnviz.analysis.modelio import Spec, cast_input, find_input
 from cnnviz.analysis.readout import Readout, ReadoutHooks, raw_readout
 from cnnviz.analysis.receptive_field import ReceptiveField, ReceptiveFieldError, receptive_fields
 from cnnviz.analysis.topk import TopKActivations
-from cnnviz.callbacks.base import Event, VizCallback, check_count, guarded, spread
+from cnnviz.callbacks.base import Event, VizCallback, check_count, guarded, layer_options
 from cnnviz.callbacks.budget import DEFAULT_SHARE, Plan
 from cnnviz.callbacks.probe import first_loader
 from cnnviz.figures.images import image_mosaic
@@ -207,11 +207,8 @@ class TopActivations(VizCallback):
         channel_options = [self.max_channels]
         if self.max_channels == 16:
             channel_options += [8, 4]
-        layer_options = [names]
-        if self._auto_layers and len(names) > 2:
-            layer_options += [spread(names, max(2, len(names) // 2)), spread(names, 2)]
         plans = []
-        for layers in layer_options:
+        for layers in layer_options(names, self._auto_layers, 2):
             for channels in channel_options:
                 cuts = []
                 if channels != self.max_channels:
