@@ -21,9 +21,8 @@ from cnnviz.store.records import (
     StoreRecord,
     TableRow,
     meta_fields,
-    type_hints,
 )
-from cnnviz.store.schema import array_specs, describe_type
+from cnnviz.store.schema import array_specs, describe_type, type_hints
 
 __all__ = ["attribute_docs", "render"]
 

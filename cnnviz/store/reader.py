@@ -51,12 +51,12 @@ from cnnviz.store.records import (
     _Lazy,
     meta_fields,
     record_class,
-    type_hints,
 )
 from cnnviz.store.schema import (
     RecordError,
     array_specs,
     check_value,
+    type_hints,
 )
 
 __all__ = [

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -892,14 +891,3 @@ def record_class(kind: str | type[StoreRecord]) -> type[StoreRecord]:
         return KINDS[kind]
     except KeyError:
         raise ValueError(f"unknown `kind` {kind!r}; kinds are: {', '.join(KINDS)}") from None
-
-
-def type_hints(cls: type) -> dict[str, Any]:
-    """``typing.get_type_hints`` with ``Annotated`` extras (cached per class)."""
-    cached = _HINTS.get(cls)
-    if cached is None:
-        cached = _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
-    return cached
-
-
-_HINTS: dict[type, dict[str, Any]] = {}

@@ -242,15 +242,23 @@ def check_value(value: Any, tp: Any, where: str, *, strict: bool) -> Any:
 
 
 @functools.cache
-def _init_fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
-    """The resolved type hints and the ``__init__`` fields of a dataclass (cached: slow)."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return hints, {f.name: f for f in dataclasses.fields(cls) if f.init}
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` with ``Annotated`` extras, cached per class.
+
+    Resolving them is slow and every record read needs them. Do not modify the result.
+    """
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+@functools.cache
+def _init_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """The ``__init__`` fields of a dataclass by name (cached)."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
 def build_dataclass(cls: type, values: Mapping[str, Any], where: str, *, strict: bool) -> Any:
     """A (nested, meta-only) dataclass from JSON fields, each checked against its type."""
-    hints, fields = _init_fields(cls)
+    hints, fields = type_hints(cls), _init_fields(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown and strict:
         raise RecordError(
