@@ -8,7 +8,8 @@ unchanged, no hook left behind) live in one place.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,6 +147,24 @@ def eager(model: nn.Module) -> nn.Module:
     return view(model)
 
 
+def _stance_setter() -> Any:
+    """``(set, force_eager)``: dynamo's stance switch and the force-eager stance, or ``None``.
+
+    The public ``torch.compiler.set_stance`` builds and validates a new context object (three
+    switches) per use; the guard runs at every analysis call, so it switches directly when
+    this torch has the (private) function, and falls back to the public API otherwise.
+    """
+    try:
+        from torch._dynamo.eval_frame import DynamoStance, _set_stance
+
+        return _set_stance, DynamoStance("force_eager")
+    except (ImportError, TypeError, AttributeError):  # pragma: no cover - other torch versions
+        return None
+
+
+_STANCE: list[Any] = []  # the cached _stance_setter() result, once looked up
+
+
 @contextlib.contextmanager
 def eager_stance() -> Iterator[None]:
     """Run everything inside eagerly (``torch.compiler.set_stance("force_eager")``).
@@ -153,6 +172,17 @@ def eager_stance() -> Iterator[None]:
     Code under ``torch.compile`` (a compiled function called inside ``forward``) then neither
     compiles nor checks its guards; the training's compiled graphs stay as they are.
     """
+    if not _STANCE:
+        _STANCE.append(_stance_setter())
+    direct = _STANCE[0]
+    if direct is not None:
+        switch, force_eager = direct
+        prior = switch(force_eager)
+        try:
+            yield
+        finally:
+            switch(prior)
+        return
     set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
     if set_stance is None:  # torch < 2.6
         yield
@@ -169,7 +199,9 @@ def model_devices(model: nn.Module) -> list[torch.device]:
     return list(seen.values())
 
 
-def _cuda_indices(devices: Iterable[torch.device]) -> list[int]:
+def _cuda_indices(devices: Sequence[torch.device]) -> list[int]:
+    if all(d.type == "cpu" for d in devices):
+        return []
     out = []
     for d in devices:
         if d.type == "cuda":
@@ -186,6 +218,7 @@ def observe(
     freeze_params: bool = True,
     no_inplace: bool = False,
     extra_devices: Iterable[torch.device] = (),
+    modules: Sequence[nn.Module] | None = None,
 ) -> Iterator[nn.Module]:
     """Run analysis code on ``model`` without changing anything the model or training owns.
 
@@ -208,60 +241,56 @@ def observe(
             weight gradient is computed (input gradients still are).
         no_inplace: Set ``inplace=False`` on modules that have that attribute (``nn.ReLU``...).
         extra_devices: Further devices whose RNG state is forked (e.g. the probe's device).
+        modules: ``list(model.modules())``, when the caller has just walked the tree anyway
+            (saves a second walk; attribution calls run this guard thousands of times).
 
     Yields:
         The same ``model``.
     """
-    # One walk over the modules; flags are set through __dict__ (plain attributes), which skips
-    # Module.__setattr__'s parameter/buffer/module checks: this guard runs at every analysis call.
-    modes: list[tuple[nn.Module, bool]] = []
-    inplace: list[tuple[nn.Module, bool]] = []
-    params: list[torch.nn.Parameter] = []
-    seen: set[int] = set()
-    devices: set[torch.device] = set()
-    for m in model.modules():  # one walk: modes, in-place flags, parameters, devices
-        modes.append((m, m.training))
-        flag = m.__dict__.get("inplace")
-        if isinstance(flag, bool):
-            inplace.append((m, flag))
-        for p in m._parameters.values():
-            if p is not None and id(p) not in seen:  # shared parameters once
-                seen.add(id(p))
-                params.append(p)
-                devices.add(p.device)
-        for b in m._buffers.values():
-            if b is not None:
-                devices.add(b.device)
+    # Flags are set through __dict__ (plain attributes), which skips Module.__setattr__'s
+    # parameter/buffer/module checks; the lists are built by comprehensions and the RNG states
+    # saved and restored directly (what torch.random.fork_rng does, without its generator
+    # machinery): this guard runs at every analysis call.
+    mods = list(model.modules()) if modules is None else modules
+    training = [m.training for m in mods]
+    inplace = [(m, f) for m in mods if (f := m.__dict__.get("inplace")) is True or f is False]
+    # shared parameters once (a tensor hashes by identity)
+    params = list(dict.fromkeys(p for m in mods for p in m._parameters.values() if p is not None))
     requires = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    cuda = _cuda_indices([*devices, *extra_devices])
-    stack = contextlib.ExitStack()
+    cuda_devices = {p.device for p in params if p.is_cuda}
+    cuda_devices.update(
+        b.device for m in mods for b in m._buffers.values() if b is not None and b.is_cuda
+    )
+    cuda = _cuda_indices([*cuda_devices, *extra_devices])
+    cpu_rng = torch.default_generator.get_state()
+    cuda_rng = [torch.cuda.get_rng_state(i) for i in cuda]
     try:
-        stack.enter_context(torch.random.fork_rng(devices=cuda, enabled=True))
-        stack.enter_context(eager_stance())
-        if grad:
-            stack.enter_context(torch.inference_mode(False))
-            stack.enter_context(torch.enable_grad())
-        if eval_mode:
-            for m, _ in modes:
-                m.__dict__["training"] = False
-        if freeze_params:
-            for p in params:
-                p.requires_grad_(False)
-        if no_inplace:
-            for m, _ in inplace:
-                m.__dict__["inplace"] = False
-        yield model
+        with (
+            eager_stance(),
+            torch.inference_mode(False) if grad else contextlib.nullcontext(),
+            torch.enable_grad() if grad else contextlib.nullcontext(),
+        ):
+            if eval_mode:
+                for m in mods:
+                    m.__dict__["training"] = False
+            if freeze_params:
+                for p in params:
+                    p.requires_grad = False
+            if no_inplace:
+                for m, _ in inplace:
+                    m.__dict__["inplace"] = False
+            yield model
     finally:
-        try:
-            stack.close()
-        finally:
-            for m, flag in modes:
-                m.__dict__["training"] = flag
-            for p, flag, g in zip(params, requires, grads, strict=True):
-                if p.requires_grad != flag:
-                    p.requires_grad_(flag)
-                if p.grad is not g:
-                    p.grad = g
-            for m, flag in inplace:
-                m.__dict__["inplace"] = flag
+        torch.default_generator.set_state(cpu_rng)
+        for i, state in zip(cuda, cuda_rng, strict=True):
+            torch.cuda.set_rng_state(state, i)
+        for m, flag in zip(mods, training, strict=True):
+            m.__dict__["training"] = flag
+        for p, flag, g in zip(params, requires, grads, strict=True):
+            if p.requires_grad is not flag:
+                p.requires_grad = flag
+            if p.grad is not g:
+                p.grad = g
+        for m, flag in inplace:
+            m.__dict__["inplace"] = flag

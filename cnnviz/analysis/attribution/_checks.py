@@ -130,7 +130,9 @@ def fixed_targets(target: Any, labels: Any, n: int, device: torch.device) -> tor
                 f"`target` tensor must hold one integer class index, or one per input ({n}); "
                 f"got {target.dtype} of shape {tuple(target.shape)}"
             )
-        t = target.detach().to(device=device, dtype=torch.long, copy=True).reshape(-1)
+        t = target.to(device=device, dtype=torch.long, copy=True)  # integers: no graph
+        if t.ndim != 1:
+            t = t.reshape(-1)
         return t if t.shape[0] == n else t.expand(n)
     raise TypeError(
         f"`target` must be 'pred', 'label', an int or a tensor; got {type(target).__name__}"
@@ -138,7 +140,8 @@ def fixed_targets(target: Any, labels: Any, n: int, device: torch.device) -> tor
 
 
 def check_targets(targets: torch.Tensor, num_outputs: int) -> None:
-    low, high = (int(v) for v in torch.aminmax(targets))
+    values = targets.tolist()  # one transfer; cheaper than aminmax for a batch of indices
+    low, high = min(values), max(values)
     if low < 0 or high >= num_outputs:
         raise ValueError(
             f"`target`: class indices must lie in [0, {num_outputs - 1}] for this model; "

@@ -83,12 +83,12 @@ class Head:
 
     Casts floating inputs to the model's dtype (a ``bfloat16`` model gets ``bfloat16``; Captum
     computes around it in ``float32``), returns ``float32`` scores for low-precision models, and
-    checks the output shape. With ``reduce=True`` it returns the sum over the batch of each
-    input's target score, shape ``(1, 1)`` — its gradient is exactly the per-input gradient
-    Captum would compute from N separate scores — where the targets are ``self.targets`` or,
-    when that is ``None``, the predicted classes of this very forward pass (kept in
-    ``self.picked``). With ``tokens`` set, the input is the embedding output (see
-    :class:`TokenSwap`).
+    checks the output shape. With ``reduce=True`` (cnnviz's own single-pass methods) it
+    returns the sum over the batch of each input's target score, a scalar — its gradient is
+    exactly the per-input gradient Captum would compute from N separate scores — where the
+    targets are ``self.targets`` or, when that is ``None``, the predicted classes of this very
+    forward pass (kept in ``self.picked``). With ``tokens`` set, the input is the embedding
+    output (see :class:`TokenSwap`).
     """
 
     # Captum inspects the forward function's signature on every model evaluation; a fixed one
@@ -126,6 +126,20 @@ class Head:
             out = out.float()
         return out
 
+    def as_module(self) -> nn.Module:
+        """The module for Captum's hook-based methods.
+
+        The model itself when this head adds nothing to it (the model's own forward, no token
+        swap, no reduction, no cast to a low precision), else a :class:`HeadModule` around it.
+        """
+        plain = (
+            self.fn is self.model
+            and self.tokens is None
+            and not self.reduce
+            and self.dtype not in _LOW_PRECISION
+        )
+        return self.model if plain else HeadModule(self)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.scores(x)
         if not self.reduce:
@@ -134,7 +148,7 @@ class Head:
         if idx is None:
             idx = out.detach().argmax(dim=1)
             self.picked = idx
-        return out.gather(1, idx[:, None]).sum().reshape(1, 1)
+        return out.gather(1, idx.unsqueeze(1)).sum()
 
 
 class HeadModule(nn.Module):
@@ -155,7 +169,9 @@ class HeadModule(nn.Module):
 
 
 @contextlib.contextmanager
-def no_leftovers(model: nn.Module, attrs: bool) -> Iterator[None]:
+def no_leftovers(
+    model: nn.Module, attrs: bool, modules: Sequence[nn.Module] | None = None
+) -> Iterator[None]:
     """Remove hooks (and, with ``attrs``, DeepLift's module attributes) Captum leaves behind.
 
     Captum removes its hooks itself, but not always (e.g. DeepLift's ``module.input`` when a
@@ -163,22 +179,24 @@ def no_leftovers(model: nn.Module, attrs: bool) -> Iterator[None]:
 
     Hook handle ids grow monotonically, so every hook registered inside the window has an id
     at least the value of the counter on entry; the module tree is walked only when a hook was
-    registered.
+    registered. ``modules``: ``list(model.modules())`` when the caller has it already.
     """
     first_id = RemovableHandle.next_id
-    before = [(m, set(vars(m))) for m in model.modules()] if attrs else []
+    mods = list(model.modules()) if modules is None else modules
+    had = {(id(m), a) for m in mods if attrs for a in _CAPTUM_MODULE_ATTRS if a in m.__dict__}
     try:
         yield
     finally:
-        for m in model.modules() if RemovableHandle.next_id != first_id else ():
+        for m in mods if RemovableHandle.next_id != first_id else ():
+            found = m.__dict__
             for d in HOOK_DICTS:
-                table = getattr(m, d, None)
+                table = found.get(d)
                 if table:
                     for k in [k for k in table if isinstance(k, int) and k >= first_id]:
                         del table[k]
-        for m, names in before:
+        for m in mods if attrs else ():
             for a in _CAPTUM_MODULE_ATTRS:
-                if a not in names and a in vars(m):
+                if a in m.__dict__ and (id(m), a) not in had:
                     delattr(m, a)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,7 +66,12 @@ def facts(model: nn.Module) -> Facts:
     The walk collects the module identities and the first parameters; what depends on module
     types only (ReLUs, DeepLift's nonlinearities) is reused while the identities are unchanged.
     """
-    structure = []
+    return walk(model)[0]
+
+
+def walk(model: nn.Module) -> tuple[Facts, list[nn.Module]]:
+    """:func:`facts`, and the modules walked (for ``observe(modules=...)``)."""
+    modules: list[nn.Module] = []
     device = dtype = None
     channels_last = None
     stack: list[nn.Module | None] = [model]
@@ -74,7 +79,7 @@ def facts(model: nn.Module) -> Facts:
         m = stack.pop()
         if m is None:
             continue
-        structure.append(id(m))
+        modules.append(m)
         if channels_last is None and (m._parameters or m._buffers):
             for t in (*m._parameters.values(), *m._buffers.values()):
                 if t is None:
@@ -89,24 +94,26 @@ def facts(model: nn.Module) -> Facts:
                     )
                     break
         stack.extend(m._modules.values())
-    ids = tuple(structure)
+    ids = tuple(map(id, modules))
+    channels_last = bool(channels_last)
     cached = _FACTS.get(model)
     if cached is not None and cached.structure == ids:
+        if (cached.device, cached.dtype, cached.channels_last) == (device, dtype, channels_last):
+            return cached, modules  # the common case: nothing changed since the last call
         has_relu, has_nonlinear = cached.has_relu, cached.has_deeplift_nonlinear
     else:
-        modules = list(model.modules())
         has_relu = any(isinstance(m, nn.ReLU) for m in modules)
         has_nonlinear = any(isinstance(m, DEEPLIFT_NONLINEAR) for m in modules)
     result = Facts(
         structure=ids,
         device=device,
         dtype=dtype,
-        channels_last=bool(channels_last),
+        channels_last=channels_last,
         has_relu=has_relu,
         has_deeplift_nonlinear=has_nonlinear,
     )
     _FACTS[model] = result
-    return result
+    return result, modules
 
 
 def work_dtype(model_dtype: torch.dtype | None, inputs: torch.Tensor) -> torch.dtype:
@@ -166,6 +173,8 @@ class Profile:
     bytes_per_sample: int  # sum of leaf output sizes (+ the input) for one sample
     num_outputs: int
     embeddings: tuple[tuple[str, bool], ...]  # (name, consumes the input ids) per nn.Embedding
+    # Lookups derived from the profile (the same module tree), computed once: see spatial_layers.
+    memo: dict[object, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 _PROFILES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Profile]] = weakref.WeakKeyDictionary()
@@ -273,20 +282,29 @@ def auto_samples(
 
 # ----------------------------------------------------------------------------- layer lookups
 def spatial_layers(model: nn.Module, prof: Profile, layout_ndim: int) -> list[str]:
-    """Conv and pooling modules whose output has the layout ``(N, C, *spatial)``, in order."""
-    seen: dict[str, None] = {}
-    for name, shape in prof.calls:
-        module = model.get_submodule(name)
-        if isinstance(module, CONV_TYPES + POOL_TYPES) and len(shape) == layout_ndim:
-            seen.pop(name, None)
-            seen[name] = None
-    return list(seen)
+    """Conv and pooling modules whose output has the layout ``(N, C, *spatial)``, in order.
+
+    Memoised on the profile, which is cached per module tree (the same names, the same types).
+    """
+    key = ("spatial", layout_ndim)
+    cached = prof.memo.get(key)
+    if cached is None:
+        seen: dict[str, None] = {}
+        for name, shape in prof.calls:
+            module = model.get_submodule(name)
+            if isinstance(module, CONV_TYPES + POOL_TYPES) and len(shape) == layout_ndim:
+                seen.pop(name, None)
+                seen[name] = None
+        cached = prof.memo[key] = tuple(seen)
+    return list(cached)
 
 
 def resolve_layer(
     model: nn.Module, prof: Profile, layer: str | None, layout_ndim: int, method: str
 ) -> str:
     """The Grad-CAM layer: ``layer`` checked, or the last conv/pool larger than one position."""
+    if layer is None and ("default layer", layout_ndim) in prof.memo:
+        return prof.memo["default layer", layout_ndim]
     candidates = spatial_layers(model, prof, layout_ndim)
     shapes = dict(prof.calls)
     if layer is None:
@@ -297,6 +315,7 @@ def resolve_layer(
                 "the model has no conv or pooling layer with spatial output larger than 1x1; "
                 "Grad-CAM needs one",
             )
+        prof.memo["default layer", layout_ndim] = usable[-1]
         return usable[-1]
     if not isinstance(layer, str):
         raise TypeError(f"`layer` must be a module name (str) or None; got {type(layer).__name__}")

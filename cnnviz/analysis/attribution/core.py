@@ -33,6 +33,7 @@ from cnnviz.analysis.attribution._model import (
     resolve_embedding,
     resolve_layer,
     spatial_layers,
+    walk,
     work_dtype,
 )
 from cnnviz.analysis.attribution.methods import (
@@ -97,13 +98,29 @@ class Prepared:
 
 
 def to_work(
-    inputs: torch.Tensor, device: torch.device, dtype: torch.dtype, channels_last: bool
+    inputs: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+    share: bool = False,
 ) -> torch.Tensor:
     """A copy of ``inputs`` on ``device``, floats in ``dtype``.
 
-    Also a normal tensor when the inputs are inference-mode tensors.
+    Also a normal tensor when the inputs are inference-mode tensors. With ``share``, float
+    inputs that are already normal tensors on ``device`` in ``dtype`` are not copied: a
+    detached view is returned. Only for methods that differentiate with respect to the input,
+    whose leaf then requires grad, so a model that writes into its input in place raises
+    instead of changing the caller's batch.
     """
     if inputs.is_floating_point():
+        if (
+            share
+            and inputs.dtype == dtype
+            and inputs.device == device
+            and not inputs.is_inference()
+            and (not channels_last or inputs.ndim != 4)
+        ):
+            return inputs.detach()
         x = inputs.detach().to(device=device, dtype=dtype, copy=True)
         if channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -120,16 +137,17 @@ def prepare(
     kind: InputKind | None = None,
     model_facts: Facts | None = None,
     reduce: bool = False,
+    share: bool = False,
 ) -> Prepared:
     """Check ``inputs``, copy them to the model's device and dtype, and profile the model.
 
-    Call inside ``observe``.
+    Call inside ``observe``. ``share``: see :func:`to_work`.
     """
     kind = kind or check_inputs(inputs)
     f = model_facts or facts(model)
     device = f.device or inputs.device
     dtype = work_dtype(f.dtype, inputs)
-    x = to_work(inputs, device, dtype, f.channels_last)
+    x = to_work(inputs, device, dtype, f.channels_last, share)
     head = Head(model, reduce, fn=forward, dtype=f.dtype)
     prof = profile(
         model, x, head.scores, structure=f.structure, key=forward_key(forward), source=head.source
@@ -228,6 +246,54 @@ def _token_inputs(
     return name, vectors, logits, TokenContext(x, name, pad, pad_vectors)
 
 
+def _cuda_indices(*devices: torch.device) -> list[int]:
+    return sorted({d.index or 0 for d in devices if d.type == "cuda"})
+
+
+class _Rows:
+    """Takes one chunk's rows of a batch tensor (the tensor itself when there is one chunk)."""
+
+    __slots__ = ("sl", "whole")
+
+    def __init__(self, sl: slice, whole: bool) -> None:
+        self.sl, self.whole = sl, whole
+
+    def __call__(self, t: torch.Tensor | None) -> torch.Tensor:
+        assert t is not None
+        return t if self.whole else t[self.sl]
+
+
+def _on_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` detached, on the CPU, in ``dtype`` and contiguous; no call for what already holds.
+
+    (After a pass every tensor operation is slow while the caches refill: skipping the no-op
+    ones is measurable at LeNet-5 scale.)
+    """
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_cpu or t.dtype != dtype:
+        t = t.to("cpu", dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _empty_note(attributions: torch.Tensor, layer_method: bool) -> str:
+    """The note on inputs whose map is all zeros, or ``""``.
+
+    One reduction and one transfer of N numbers; only the (rare) maps whose largest value is
+    zero are looked at again. Run when the result's ``note`` is first read.
+    """
+    dims = tuple(range(1, attributions.ndim))
+    top = attributions.amax(dim=dims).tolist() if dims else attributions.tolist()
+    zero = [i for i, v in enumerate(top) if v == 0 and not bool(attributions[i].amin() < 0)]
+    if not zero:
+        return ""
+    shown = ", ".join(map(str, zero[:8])) + (", ..." if len(zero) > 8 else "")
+    note = f"all-zero map for {len(zero)} of {len(top)} inputs (indices {shown})"
+    if layer_method:
+        note += ": no positive evidence for the target class at this layer"
+    return note
+
+
 # ---------------------------------------------------------------------------------- attribute
 def attribute(
     model: nn.Module,
@@ -255,7 +321,8 @@ def attribute(
       deviation 0.15 x the batch's value range (``stdevs``).
     - ``gradient_shap``: 16 samples (``n_samples``); baselines are the batch itself plus an
       all-zero image (expected gradients with the probe batch as reference distribution).
-    - ``deeplift``: zero baseline (Rescale rule).
+    - ``deeplift``: zero baseline (Rescale rule; computed by cnnviz, or by Captum for models
+      with max pooling or softmax modules).
     - ``guided_backprop``, ``deconvolution``: modified ReLU gradients.
     - ``occlusion``: zero patches of 1/4 of the image side, stride 1/8 (49 windows for any
       square image); ``sliding_window_shapes``, ``strides``, ``baselines``.
@@ -318,8 +385,8 @@ def attribute(
             ``(N, classes)`` scores.
         TypeError: Wrong argument types or keyword arguments the method does not take.
         AttributionUnavailable: The method cannot run on this model or these inputs (e.g.
-            Grad-CAM without a spatial layer, DeepLift with a reused activation module, guided
-            Grad-CAM on token ids).
+            Grad-CAM without a spatial layer, DeepLift with a reused activation module in a
+            model with max pooling, guided Grad-CAM on token ids).
 
     Example:
         >>> res = attribute(model, images, "grad_cam", target="label", labels=y)
@@ -339,9 +406,8 @@ def attribute(
     if tokens and spec.tokens is None:
         raise AttributionUnavailable(spec.name, spec.no_tokens)
     n = inputs.shape[0]
-    f = facts(model)
+    f, modules = walk(model)
     device = f.device or inputs.device
-    cuda = sorted({d.index or 0 for d in (device, inputs.device) if d.type == "cuda"})
 
     with (
         observe(
@@ -349,11 +415,22 @@ def attribute(
             grad=True,
             freeze_params=True,
             no_inplace=spec.hook_based,
-            extra_devices=[inputs.device],
+            extra_devices=(inputs.device,),
+            modules=modules,
         ),
-        seeded(seed, cuda) if spec.noisy else contextlib.nullcontext(),
+        seeded(seed, _cuda_indices(device, inputs.device))
+        if spec.noisy
+        else contextlib.nullcontext(),
     ):
-        ready = prepare(model, inputs, forward, kind=kind, model_facts=f, reduce=spec.single_pass)
+        ready = prepare(
+            model,
+            inputs,
+            forward,
+            kind=kind,
+            model_facts=f,
+            reduce=spec.single_pass,
+            share=spec.input_grad,  # the batch is a leaf that requires grad: never written
+        )
         x, head, prof = ready.x, ready.head, ready.profile
         kwargs = {
             k: v.detach().to(
@@ -387,44 +464,39 @@ def attribute(
         chunk = max(1, min(n, samples // spec.min_expansion))
         parts: list[torch.Tensor] = []
         picked: list[torch.Tensor] = []
-        with no_leftovers(model, attrs=spec.name == "deeplift"):
+        with no_leftovers(model, attrs=spec.name == "deeplift", modules=modules):
             for i in range(0, n, chunk):
                 sl = slice(i, min(n, i + chunk))
-                t = None if spec.single_pass else fixed[sl]  # type: ignore[index]
-                head.targets = None if fused else fixed[sl]  # type: ignore[index]
+                rows = _Rows(sl, whole=chunk >= n)  # one chunk: no slicing (a view per tensor)
+                t = None if spec.single_pass else rows(fixed)
+                head.targets = None if fused else rows(fixed)
                 if head.tokens is not None:
-                    head.tokens.ids = x[sl]
-                xc = work[sl].detach().requires_grad_(spec.input_grad and work.is_floating_point())
-                out = spec.run(job, xc, t, sl).detach()
+                    head.tokens.ids = rows(x)
+                xc = (
+                    rows(work).detach().requires_grad_(spec.input_grad and work.is_floating_point())
+                )
+                out = spec.run(job, xc, t, sl)
                 if tokens and out.ndim == 3:
                     out = out.sum(dim=-1, dtype=torch.float32)
                 parts.append(out)
                 if fused:
                     picked.append(head.picked)  # type: ignore[arg-type]
-        attributions = (parts[0] if len(parts) == 1 else torch.cat(parts)).to("cpu", torch.float32)
-        attributions = attributions.contiguous()  # inside the window: a normal tensor
+        # inside the window (not inference mode): normal tensors
+        attributions = _on_cpu(parts[0] if len(parts) == 1 else torch.cat(parts), torch.float32)
         targets = (picked[0] if len(picked) == 1 else torch.cat(picked)) if fused else fixed
     assert targets is not None
-    rows = attributions.reshape(n, -1)
-    empty = (rows.amax(dim=1) == 0) & (rows.amin(dim=1) == 0)  # cheaper than count_nonzero
-    if bool(empty.any()):
-        zero = empty.nonzero().flatten().tolist()
-        shown = ", ".join(map(str, zero[:8])) + (", ..." if len(zero) > 8 else "")
-        extra = f"all-zero map for {len(zero)} of {n} inputs (indices {shown})"
-        if spec.layer:
-            extra += ": no positive evidence for the target class at this layer"
-        note = f"{note}; {extra}" if note else extra
     settings["internal_batch_size"] = samples
     return AttributionResult(
         attributions=attributions,
         method=spec.name,
-        targets=targets.detach().to("cpu", torch.long),
+        targets=_on_cpu(targets, torch.long),
         layer=layer_name,
         note=note,
         seconds=time.perf_counter() - start,
         settings=settings,
         input_kind=kind,
         embedding=emb_name,
+        _pending_note=lambda: _empty_note(attributions, spec.layer),
     )
 
 

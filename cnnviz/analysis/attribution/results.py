@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,9 +18,9 @@ InputKind = Literal["image", "sequence", "tokens"]
 class AttributionUnavailable(RuntimeError):
     """A method cannot run on this model or on these inputs.
 
-    For example Grad-CAM on a model without a spatial layer, DeepLift on a model that calls one
-    activation module twice, or guided Grad-CAM on token ids. :func:`attribute_many` reports
-    these instead of raising.
+    For example Grad-CAM on a model without a spatial layer, DeepLift on a model with max
+    pooling that calls one activation module twice, or guided Grad-CAM on token ids.
+    :func:`attribute_many` reports these instead of raising.
 
     Attributes:
         method: The method's name.
@@ -45,7 +46,8 @@ class AttributionResult:
         targets: The class attributed for each input, ``int64`` of shape ``(N,)``.
         layer: Qualified name of the layer used by Grad-CAM / guided Grad-CAM, else ``None``.
         note: Remarks worth showing next to the maps (all-zero maps, a method that reduces to
-            another on this model); empty when there is nothing to say.
+            another on this model); empty when there is nothing to say. The all-zero check (a
+            reduction over the maps) runs when ``note`` is first read.
         seconds: Wall time of the call.
         settings: The effective method parameters (``n_steps``, ``nt_samples``...) and the
             ``internal_batch_size`` used.
@@ -63,3 +65,16 @@ class AttributionResult:
     settings: dict[str, Any] = field(default_factory=dict)
     input_kind: InputKind = "image"
     embedding: str | None = None
+    # Adds to ``note`` when first read: computing it is deferred (see ``note``).
+    _pending_note: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "note":
+            pending = object.__getattribute__(self, "_pending_note")
+            if pending is not None:
+                self._pending_note = None
+                extra = pending()
+                if extra:
+                    base = object.__getattribute__(self, "note")
+                    self.note = f"{base}; {extra}" if base else extra
+        return object.__getattribute__(self, name)
