@@ -329,12 +329,23 @@ class _ReusedRelu(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_deeplift_unavailable_on_reused_activation_module() -> None:
-    net = _ReusedRelu()
-    with pytest.raises(AttributionUnavailable, match=r"relu.*more than once"):
-        attribute(net, _images(), "deeplift")
-    assert isinstance(attribute_many(net, _images(), ["deeplift"])["deeplift"], str)
-    assert hook_count(net) == 0
+def test_deeplift_on_reused_activation_module() -> None:
+    """cnnviz's Rescale rule works per call, so a reused ReLU is fine (the maps sum to the
+    score difference, DeepLift's completeness); Captum's DeepLift, which cnnviz runs for models
+    with max pooling, is not, and says so."""
+    net = _ReusedRelu().eval()
+    x = _images()
+    res = attribute(net, x, "deeplift", target=1)
+    with torch.no_grad():
+        delta = net(x)[:, 1] - net(torch.zeros_like(x))[:, 1]
+    assert torch.allclose(res.attributions.sum(dim=(1, 2, 3)), delta, atol=1e-5)
+    assert delta.abs().min() > 1e-3  # not trivially zero
+    pooled = _ReusedRelu().eval()
+    pooled.conv2 = nn.Sequential(nn.MaxPool2d(3, 1, 1), pooled.conv2)
+    with pytest.raises(AttributionUnavailable, match=r"relu.*more than once.*max pooling"):
+        attribute(pooled, x, "deeplift")
+    assert isinstance(attribute_many(pooled, x, ["deeplift"])["deeplift"], str)
+    assert hook_count(net) == 0 and hook_count(pooled) == 0
 
 
 def test_attribute_many_rejects_unknown_method_before_running() -> None:
@@ -552,6 +563,126 @@ def test_native_methods_equal_captum(method: str, captum_call: Any) -> None:
         theirs = captum_call(net, x.clone(), t, layer)
     assert torch.allclose(ours.attributions, theirs.detach(), atol=1e-7, rtol=1e-5)
     assert ours.attributions.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "batch"),
+    [({}, None), ({"nt_samples": 7, "stdevs": 0.4}, 10), ({"abs": False}, None)],
+)
+def test_native_smoothgrad_equals_captum_noise_tunnel(kwargs: dict, batch: int | None) -> None:
+    """The same noise, drawn in the same order, gives Captum's maps; also when the noisy
+    copies are evaluated in groups (``internal_batch_size``: 7 copies of 5 images in groups
+    of 2, 2, 2 and 1, as Captum's ``nt_samples_batch_size=2`` groups them)."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    net, x, t = _relu_lenet(), _images(5), torch.tensor([0, 1, 2, 3, 1])
+    ours = attribute(net, x, "smoothgrad", target=t, seed=5, internal_batch_size=batch, **kwargs)
+    settings = ours.settings
+    torch.manual_seed(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = NoiseTunnel(Saliency(net)).attribute(
+            x.clone(),
+            nt_type="smoothgrad",
+            nt_samples=settings["nt_samples"],
+            nt_samples_batch_size=None if batch is None else batch // 5,
+            stdevs=settings["stdevs"],
+            target=t,
+            abs=settings["abs"],
+        )
+    assert torch.allclose(ours.attributions, theirs, atol=1e-7, rtol=1e-5)
+    assert ours.attributions.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stdevs", [0.0, 0.3])
+def test_native_gradient_shap_equals_captum(stdevs: float) -> None:
+    """Random baselines and interpolation points (NumPy) and noise (torch) drawn as Captum
+    draws them give Captum's maps."""
+    import numpy as np
+    from captum.attr import GradientShap
+
+    net, x, t = _relu_lenet(), _images(5), torch.tensor([0, 1, 2, 3, 1])
+    ours = attribute(net, x, "gradient_shap", target=t, seed=3, n_samples=6, stdevs=stdevs)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = GradientShap(net).attribute(
+            x.clone(),
+            baselines=torch.cat([torch.zeros_like(x[:1]), x]),
+            n_samples=6,
+            stdevs=stdevs,
+            target=t,
+        )
+    assert torch.allclose(ours.attributions, theirs, atol=1e-7, rtol=1e-5)
+    assert ours.attributions.abs().sum() > 0
+
+
+def _elementwise_net() -> nn.Module:
+    """Every activation Captum's DeepLift rescales (one in place), BatchNorm, no max pooling."""
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3),
+        nn.ELU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.Sigmoid(),
+        nn.Conv2d(8, 8, 3),
+        nn.Softplus(),
+        nn.Conv2d(8, 8, 1),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(8, 8, 1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+
+
+@pytest.mark.parametrize("net_name", ["elementwise", "lenet5"])
+@pytest.mark.parametrize("baselines", ["zeros", "per_input", "one_row"])
+def test_native_deeplift_equals_captum(net_name: str, baselines: str) -> None:
+    """The Rescale rule applied by cnnviz gives Captum's DeepLift maps, also for an input equal
+    to its baseline (where Captum keeps each activation's own gradient)."""
+    from captum.attr import DeepLift
+
+    from cnnviz.models import create
+
+    net = _elementwise_net() if net_name == "elementwise" else create("lenet5", input_size=28)
+    net.eval()
+    shape = (3, 16, 16) if net_name == "elementwise" else (1, 28, 28)
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(4))
+    base = {
+        "zeros": None,
+        "per_input": torch.randn(5, *shape, generator=torch.Generator().manual_seed(5)),
+        "one_row": torch.full((1, *shape), 0.2),
+    }[baselines]
+    ref = torch.zeros_like(x[:1]) if base is None else base
+    x[2] = ref[2 % len(ref)]  # delta_in = 0 throughout for this input
+    t = torch.tensor([0, 1, 2, 3, 1])
+    kwargs = {} if base is None else {"baselines": base}
+    ours = attribute(net, x, "deeplift", target=t, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = DeepLift(net).attribute(x.clone(), target=t, **kwargs)
+    assert torch.allclose(ours.attributions, theirs, atol=1e-6, rtol=1e-4)
+    assert ours.attributions.abs().sum() > 0
+    assert ours.attributions[2].abs().max() == 0  # input = baseline: nothing to attribute
+    # completeness (summation to delta), DeepLift's defining property
+    with torch.no_grad():
+        delta = net(x).gather(1, t[:, None]) - net(ref.expand_as(x)).gather(1, t[:, None])
+    assert torch.allclose(ours.attributions.sum(dim=(1, 2, 3)), delta[:, 0], atol=1e-4)
+
+
+def test_noise_methods_reject_bad_sample_counts() -> None:
+    net, x = _relu_lenet(), _images(2)
+    with pytest.raises(ValueError, match="smoothgrad: `nt_samples` must be a positive int"):
+        attribute(net, x, "smoothgrad", nt_samples=0)
+    with pytest.raises(ValueError, match="gradient_shap: `n_samples` must be a positive int"):
+        attribute(net, x, "gradient_shap", n_samples=2.5)
 
 
 def test_grad_cam_equals_captum_layer_grad_cam_on_a_stage_with_in_place_addition() -> None:

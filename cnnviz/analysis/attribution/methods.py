@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.analysis.attribution._head import Head, HeadModule
+from cnnviz.analysis.attribution._head import Head
 from cnnviz.analysis.attribution._model import DEEPLIFT_NONLINEAR, Facts, Profile
 from cnnviz.analysis.attribution.results import AttributionUnavailable
 from cnnviz.analysis.guard import HookSet
@@ -128,7 +129,7 @@ def _balanced(total: int, most: int) -> int:
 
 
 def _input_gradient(head: Head, x: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(head(x).sum(), x)
+    (grad,) = torch.autograd.grad(head(x), x)  # the head sums the target scores
     return grad
 
 
@@ -138,11 +139,12 @@ def _run_saliency(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
     abs_ = job.kwargs.get("abs", True)
     job.settings.update(abs=abs_)
     grad = _input_gradient(job.head, x)
-    return grad.abs() if abs_ else grad
+    return grad.abs_() if abs_ else grad  # autograd's fresh tensor: in place
 
 
 def _run_input_x_gradient(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
-    return _input_gradient(job.head, x) * x  # Captum's InputXGradient, directly
+    # Captum's InputXGradient, directly (in place on autograd's fresh gradient tensor)
+    return _input_gradient(job.head, x).mul_(x.detach())
 
 
 def _run_integrated_gradients(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
@@ -162,59 +164,165 @@ def _run_integrated_gradients(job: Job, x: torch.Tensor, t: Any, sl: slice) -> t
     )
 
 
-def _run_smoothgrad(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
-    from captum.attr import NoiseTunnel, Saliency
+def _target_gradient(head: Head, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each input's gradient of its target score: one backward pass from their sum.
 
-    nt_samples = int(job.kwargs.get("nt_samples", 16))
+    Captum's gradient methods backpropagate the N target scores as N roots; their sum has the
+    same per-input gradient and is one root.
+    """
+    score = head.scores(x).gather(1, targets.unsqueeze(1)).sum()
+    (grad,) = torch.autograd.grad(score, x)
+    return grad
+
+
+def _positive_int(job: Job, name: str, default: int) -> int:
+    value = job.kwargs.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{job.spec.name}: `{name}` must be a positive int; got {value!r}")
+    return value
+
+
+def _groups(total: int, job: Job, n: int) -> list[int]:
+    """Sizes of the groups of ``total`` samples per input evaluated together (N inputs each)."""
+    per = _balanced(total, max(1, job.samples // n))
+    sizes = [per] * (total // per)
+    return [*sizes, total % per] if total % per else sizes
+
+
+def _run_smoothgrad(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
+    # Captum's NoiseTunnel(Saliency), nt_type="smoothgrad", directly: the same noise (drawn in
+    # the same order, group by group), one backward pass per group instead of one root per
+    # noisy copy, and no sum of squares that smoothgrad does not use.
+    nt_samples = _positive_int(job, "nt_samples", 16)
     stdevs = job.kwargs.get("stdevs")
     if stdevs is None:
         stdevs = 0.15 * float(job.full.max() - job.full.min())
+    stdevs = float(stdevs)
     abs_ = job.kwargs.get("abs", True)
     job.settings.update(nt_samples=nt_samples, stdevs=stdevs, abs=abs_)
-    return NoiseTunnel(Saliency(job.head)).attribute(
-        x,
-        nt_type="smoothgrad",
-        nt_samples=nt_samples,
-        nt_samples_batch_size=_balanced(nt_samples, job.samples // x.shape[0]),
-        stdevs=stdevs,
-        target=t,
-        abs=abs_,
-    )
+    n, rest = x.shape[0], x.shape[1:]
+    base = x.detach()
+    total: torch.Tensor | None = None
+    for k in _groups(nt_samples, job, n):
+        noise = torch.randn((n * k, *rest), device=x.device) * stdevs
+        noisy = (base.repeat_interleave(k, dim=0) + noise).requires_grad_()
+        grad = _target_gradient(job.head, noisy, t.repeat_interleave(k))
+        part = (grad.abs() if abs_ else grad).view(n, k, *rest).sum(dim=1)
+        total = part if total is None else total + part
+    assert total is not None
+    return total / nt_samples
 
 
 def _run_gradient_shap(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
-    from captum.attr import GradientShap
-
-    n_samples = int(job.kwargs.get("n_samples", 16))
+    # Captum's GradientShap, directly, group by group as Captum draws: baselines picked at
+    # random from the reference set (NumPy), the noise (torch, only when stdevs > 0), a random
+    # point between baseline and input (NumPy); gradient there times (input - baseline),
+    # averaged. One backward pass per group.
+    n_samples = _positive_int(job, "n_samples", 16)
     baselines = job.kwargs.get("baselines")
     if baselines is None:
         # Expected gradients: the batch itself is the reference distribution, plus a black
         # image (for token ids: an all-pad sequence).
         blank = job.tokens.pad_vectors if job.tokens is not None else torch.zeros_like(job.full[:1])
         baselines = torch.cat([blank, job.full])
-    stdevs = job.kwargs.get("stdevs", 0.0)
-    per_eval = _balanced(n_samples, job.samples // x.shape[0])
+    stdevs = float(job.kwargs.get("stdevs", 0.0))
     job.settings.update(n_samples=n_samples, stdevs=stdevs, baselines=int(baselines.shape[0]))
-    gs = GradientShap(job.head)
+    n, rest = x.shape[0], x.shape[1:]
+    base = x.detach()
     total: torch.Tensor | None = None
-    done = 0
-    while done < n_samples:  # GradientShap has no internal batching: average groups of samples
-        k = min(per_eval, n_samples - done)
-        part = gs.attribute(x, baselines=baselines, n_samples=k, stdevs=stdevs, target=t)
-        total = part * k if total is None else total + part * k
-        done += k
+    for k in _groups(n_samples, job, n):
+        picked = baselines[np.random.choice(baselines.shape[0], n * k).tolist()]
+        inputs = base.repeat_interleave(k, dim=0)
+        if stdevs:
+            inputs = inputs + torch.randn(inputs.shape, device=x.device) * stdevs
+        alpha = torch.tensor(np.random.uniform(0.0, 1.0, n * k), device=x.device, dtype=x.dtype)
+        alpha = alpha.view(-1, *(1,) * len(rest))
+        scaled = (alpha * inputs + (1.0 - alpha) * picked).requires_grad_()
+        grad = _target_gradient(job.head, scaled, t.repeat_interleave(k))
+        part = ((inputs - picked) * grad).view(n, k, *rest).sum(dim=1)
+        total = part if total is None else total + part
     assert total is not None
     return total / n_samples
 
 
+# Captum's DeepLift applies its "nonlinear" Rescale rule to these module types (exact types);
+# max pooling and softmax have rules of their own, for which cnnviz calls Captum.
+_RESCALE_TYPES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus)
+_CAPTUM_RULE_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Softmax)
+_DEEPLIFT_EPS = 1e-10  # Captum's default
+
+
+class _Rescale(torch.autograd.Function):
+    """DeepLift's Rescale rule on an activation evaluated on ``cat([inputs, baselines])``.
+
+    The multiplier ``delta_out / delta_in`` (the two halves' differences) replaces the local
+    gradient; where ``|delta_in| < eps`` the activation's own gradient is kept, as in Captum:
+    the gradient to ``inp`` carries the rescaled part, the gradient to ``out`` (which then
+    flows through the activation's own backward) the rest.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        half = inp.shape[0] // 2
+        ctx.save_for_backward(inp[:half] - inp[half:], out[:half] - out[half:])
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        delta_in, delta_out = (torch.cat([d, d]) for d in ctx.saved_tensors)
+        small = delta_in.abs() < _DEEPLIFT_EPS
+        zero = grad.new_zeros(())
+        return (
+            torch.where(small, zero, grad * delta_out / delta_in),
+            torch.where(small, grad, zero),
+        )
+
+
+def _rescale_hooks(model: nn.Module, hooks: HookSet) -> None:
+    def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        return _Rescale.apply(args[0], out) if isinstance(out, torch.Tensor) else None
+
+    for m in model.modules():
+        # as Captum: exact types, and not on a module that already has backward hooks
+        if type(m) in _RESCALE_TYPES and not m._backward_hooks:
+            hooks.add(m.register_forward_hook(hook))
+
+
+def _needs_captum_deeplift(model: nn.Module) -> bool:
+    """Whether ``model`` has modules whose DeepLift rule cnnviz leaves to Captum."""
+    return any(type(m) in _CAPTUM_RULE_TYPES for m in model.modules())
+
+
 def _run_deeplift(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
+    baselines = job.baselines(sl)
+    model = job.head.model
+    if _needs_captum_deeplift(model):
+        return _captum_deeplift(job, x, t, baselines)
+    # Captum's DeepLift (Rescale rule) directly: one pass over cat([inputs, baselines]), the
+    # rule as a tensor-level autograd function on each activation, one backward pass from the
+    # sum of the inputs' target scores (the baseline half adds nothing to the inputs'
+    # gradient: rows do not interact in eval mode). Each call of an activation module gets
+    # its own multipliers, so a module used twice (torchvision's BasicBlock) is fine here.
+    if isinstance(baselines, torch.Tensor):
+        base = baselines.to(x.dtype).expand_as(x) if baselines.shape[0] == 1 else baselines
+    else:
+        base = torch.full_like(x, float(baselines))
+    base = base.detach()
+    with HookSet() as hooks:
+        _rescale_hooks(model, hooks)
+        scores = job.head.scores(torch.cat([x, base]))
+    n = x.shape[0]
+    (grad,) = torch.autograd.grad(scores[:n].gather(1, t.unsqueeze(1)).sum(), x)
+    return (x.detach() - base) * grad
+
+
+def _captum_deeplift(job: Job, x: torch.Tensor, t: Any, baselines: Any) -> torch.Tensor:
     from captum.attr import DeepLift
 
-    baselines = job.baselines(sl)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-            return DeepLift(HeadModule(job.head)).attribute(x, baselines=baselines, target=t)
+            return DeepLift(job.head.as_module()).attribute(x, baselines=baselines, target=t)
     except (RuntimeError, AssertionError) as err:
         text = str(err)
         if "used more than once" in text or "maxpool modul" in text:
@@ -273,7 +381,7 @@ def _modified_gradient(job: Job, x: torch.Tensor, mode: str) -> torch.Tensor:
     with HookSet() as hooks:
         _relu_hooks(job.head.model, _Rule(mode), hooks)
         score = job.head(x)
-    (grad,) = torch.autograd.grad(score.sum(), x)
+    (grad,) = torch.autograd.grad(score, x)
     return grad
 
 
@@ -354,7 +462,7 @@ def _cam(job: Job, score: torch.Tensor, acts: list[torch.Tensor], retain: bool) 
     if not acts:
         raise AttributionUnavailable(job.spec.name, "the layer returned no tensor")
     act = acts[-1]
-    (grad,) = torch.autograd.grad(score.sum(), act, retain_graph=retain)
+    (grad,) = torch.autograd.grad(score, act, retain_graph=retain)
     weights = grad.mean(dim=tuple(range(2, grad.ndim)), keepdim=True)
     cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).float()
     return F.interpolate(cam, size=job.positions, mode=_interp_mode(job))
@@ -386,7 +494,7 @@ def _run_guided_grad_cam(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.
         score = job.head(x)
     cam = _cam(job, score, acts, retain=True)
     rule.mode = "guided"
-    (guided,) = torch.autograd.grad(score.sum(), x)
+    (guided,) = torch.autograd.grad(score, x)
     return guided * cam.to(guided.dtype)
 
 
@@ -506,11 +614,12 @@ def availability(spec: MethodSpec, model: nn.Module, prof: Profile, facts: Facts
             for n, c in prof.counts.items()
             if c > 1 and isinstance(model.get_submodule(n), DEEPLIFT_NONLINEAR)
         ]
-        if reused:
+        if reused and _needs_captum_deeplift(model):
             raise AttributionUnavailable(
                 spec.name,
                 f"module(s) {', '.join(reused)} are called more than once per forward pass; "
-                "Captum's DeepLift needs each activation module used once",
+                "Captum's DeepLift, which cnnviz runs for models with max pooling or softmax "
+                "modules, needs each activation module used once",
             )
         if not facts.has_deeplift_nonlinear:
             return "no activation modules found (functional activations?): equals gradient x input"
