@@ -20,20 +20,30 @@ For each model (LeNet-5 at 32 px, the case-study ResNet-18 at 64 px) and each me
   (how far to trust the ratio on this machine).
 
 Rounds are interleaved (each round times every method both ways, alternating which goes
-first), after one untimed warm-up call of each; medians over the rounds are reported. Run it
-alone on the machine if you can; with other load, raise ``--rounds``.
+first), after one untimed warm-up call of each; a timed sample of a fast method is a run of
+calls lasting at least 50 ms (one LeNet-5 saliency call takes 2.5 ms: timed alone, its jitter
+on a shared machine is larger than any difference worth measuring); medians over the rounds
+are reported. Each
+(model, method) is timed in a fresh Python process: in one process, a method's timings depend
+on the memory the methods before it left mapped (measured: ResNet-18 SmoothGrad after
+integrated gradients' 400-sample pass 1.07x, alone 0.90x); ``--same-process`` times all in one
+(faster). Run it alone on the machine if you can; with other load, raise ``--rounds``.
 
 Usage::
 
     .venv/bin/python scripts/bench_attributions.py [--rounds 7] [--models lenet5 resnet18]
         [--threads 1] [--clock wall|cpu] [--methods saliency integrated_gradients ...]
+        [--same-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -99,10 +109,15 @@ def direct_call(
 CLOCK = time.perf_counter
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _timed(fn: Callable[[], object], calls: int = 1) -> float:
+    """Seconds per call of ``calls`` calls in a row."""
     t0 = CLOCK()
-    fn()
-    return CLOCK() - t0
+    for _ in range(calls):
+        fn()
+    return (CLOCK() - t0) / calls
+
+
+MIN_SAMPLE_SECONDS = 0.05  # a timed sample of a fast method repeats it to last this long
 
 
 def bench(
@@ -141,13 +156,14 @@ def bench(
         theirs_t: list[float] = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Captum warns on every direct call
+            calls = max(1, round(MIN_SAMPLE_SECONDS / max(_timed(theirs), 1e-6)))
             for r in range(rounds):
                 if r % 2:
-                    theirs_t.append(_timed(theirs))
-                    ours_t.append(_timed(ours))
+                    theirs_t.append(_timed(theirs, calls))
+                    ours_t.append(_timed(ours, calls))
                 else:
-                    ours_t.append(_timed(ours))
-                    theirs_t.append(_timed(theirs))
+                    ours_t.append(_timed(ours, calls))
+                    theirs_t.append(_timed(theirs, calls))
         ratios = sorted(o / t for o, t in zip(ours_t, theirs_t, strict=True))
         ratio = statistics.median(ours_t) / statistics.median(theirs_t)
         q1, q3 = (statistics.quantiles(ratios, n=4)[i] for i in (0, 2)) if rounds >= 4 else (0, 0)
@@ -168,6 +184,34 @@ def bench(
     return rows
 
 
+def _rows(name: str, args: argparse.Namespace) -> list[tuple]:
+    """The rows of one model: in this process, or each method in a fresh one."""
+    if args.same_process:
+        build, size = CONFIGS[name]
+        return bench(name, build(), size, args.methods, args.rounds, args.memory_budget_mb)
+    rows: list[tuple] = []
+    for method in args.methods:
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            f"--models={name}",
+            f"--methods={method}",
+            f"--rounds={args.rounds}",
+            f"--threads={args.threads}",
+            f"--memory-budget-mb={args.memory_budget_mb}",
+            f"--clock={args.clock}",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("ROWS ")]
+        if done.returncode or not lines:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
+            rows.append((name, method, None, None, None, None, None, None, f"failed: {tail}"))
+            continue
+        rows.extend(tuple(r) for r in json.loads(lines[-1][5:]))
+    return rows
+
+
 CONFIGS = {
     "lenet5": (lambda: create("lenet5", in_channels=3, num_classes=9, input_size=32), 32),
     "resnet18": (lambda: create("resnet18", in_channels=3, num_classes=9, input_size=64), 64),
@@ -176,7 +220,7 @@ CONFIGS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per method")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per method")
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -192,11 +236,24 @@ def main() -> None:
         default="wall",
         help="wall time, or this process's CPU time (steadier on a busy machine, one thread)",
     )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="time every method in this process (later methods run on the memory earlier "
+        "ones left mapped)",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.worker:  # one model and method(s), rows as JSON for the parent
+        name = args.models[0]
+        build, size = CONFIGS[name]
+        rows = bench(name, build(), size, args.methods, args.rounds, args.memory_budget_mb)
+        print("ROWS " + json.dumps(rows))
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, 8 images, "
         f"{args.rounds} interleaved rounds, medians, {args.clock} clock, cnnviz "
@@ -210,8 +267,7 @@ def main() -> None:
     print("-" * len(header))
     worst = worst_min = 0.0
     for name in args.models:
-        build, size = CONFIGS[name]
-        for row in bench(name, build(), size, args.methods, args.rounds, args.memory_budget_mb):
+        for row in _rows(name, args):
             model_name, method, ours, theirs, samples, ratio, min_ratio, noise, reason = row
             if theirs is None:
                 shown = "-" if ours is None else f"{ours:9.4f}"
