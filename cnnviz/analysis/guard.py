@@ -8,7 +8,7 @@ unchanged, no hook left behind) live in one place.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -165,8 +165,7 @@ def _stance_setter() -> Any:
 _STANCE: list[Any] = []  # the cached _stance_setter() result, once looked up
 
 
-@contextlib.contextmanager
-def eager_stance() -> Iterator[None]:
+def eager_stance() -> contextlib.AbstractContextManager[None]:
     """Run everything inside eagerly (``torch.compiler.set_stance("force_eager")``).
 
     Code under ``torch.compile`` (a compiled function called inside ``forward``) then neither
@@ -174,21 +173,25 @@ def eager_stance() -> Iterator[None]:
     """
     if not _STANCE:
         _STANCE.append(_stance_setter())
-    direct = _STANCE[0]
-    if direct is not None:
-        switch, force_eager = direct
-        prior = switch(force_eager)
-        try:
-            yield
-        finally:
-            switch(prior)
-        return
+    if _STANCE[0] is not None:
+        return _EagerStance(*_STANCE[0])
     set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
     if set_stance is None:  # torch < 2.6
-        yield
-        return
-    with set_stance("force_eager"):
-        yield
+        return contextlib.nullcontext()
+    return set_stance("force_eager")  # type: ignore[no-any-return]
+
+
+class _EagerStance:
+    """Switches dynamo's stance to force-eager and back (no context object per switch)."""
+
+    def __init__(self, switch: Any, force_eager: Any) -> None:
+        self.switch, self.force_eager = switch, force_eager
+
+    def __enter__(self) -> None:
+        self.prior = self.switch(self.force_eager)
+
+    def __exit__(self, *exc: object) -> None:
+        self.switch(self.prior)
 
 
 def model_devices(model: nn.Module) -> list[torch.device]:
@@ -209,7 +212,6 @@ def _cuda_indices(devices: Sequence[torch.device]) -> list[int]:
     return sorted(set(out))
 
 
-@contextlib.contextmanager
 def observe(
     model: nn.Module,
     *,
@@ -219,7 +221,7 @@ def observe(
     no_inplace: bool = False,
     extra_devices: Iterable[torch.device] = (),
     modules: Sequence[nn.Module] | None = None,
-) -> Iterator[nn.Module]:
+) -> contextlib.AbstractContextManager[nn.Module]:
     """Run analysis code on ``model`` without changing anything the model or training owns.
 
     Inside the window the model is in eval mode (optional), the global RNG streams are forked
@@ -244,53 +246,99 @@ def observe(
         modules: ``list(model.modules())``, when the caller has just walked the tree anyway
             (saves a second walk; attribution calls run this guard thousands of times).
 
-    Yields:
-        The same ``model``.
+    Returns:
+        A context manager whose ``__enter__`` returns the same ``model``.
     """
-    # Flags are set through __dict__ (plain attributes), which skips Module.__setattr__'s
-    # parameter/buffer/module checks; the lists are built by comprehensions and the RNG states
-    # saved and restored directly (what torch.random.fork_rng does, without its generator
-    # machinery): this guard runs at every analysis call.
-    mods = list(model.modules()) if modules is None else modules
-    training = [m.training for m in mods]
-    inplace = [(m, f) for m in mods if (f := m.__dict__.get("inplace")) is True or f is False]
-    # shared parameters once (a tensor hashes by identity)
-    params = list(dict.fromkeys(p for m in mods for p in m._parameters.values() if p is not None))
-    requires = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    cuda_devices = {p.device for p in params if p.is_cuda}
-    cuda_devices.update(
-        b.device for m in mods for b in m._buffers.values() if b is not None and b.is_cuda
+    return _Observed(
+        model, eval_mode, grad, freeze_params, no_inplace, tuple(extra_devices), modules
     )
-    cuda = _cuda_indices([*cuda_devices, *extra_devices])
-    cpu_rng = torch.default_generator.get_state()
-    cuda_rng = [torch.cuda.get_rng_state(i) for i in cuda]
-    try:
-        with (
-            eager_stance(),
-            torch.inference_mode(False) if grad else contextlib.nullcontext(),
-            torch.enable_grad() if grad else contextlib.nullcontext(),
-        ):
-            if eval_mode:
+
+
+class _Observed:
+    """The window of :func:`observe`.
+
+    A plain context manager, as it runs at every analysis call: it sets flags through
+    ``__dict__`` (skipping ``Module.__setattr__``'s checks), builds its lists by
+    comprehensions, saves and restores the RNG states directly (what
+    ``torch.random.fork_rng`` does) and enters no grad-mode context that would change nothing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eval_mode: bool,
+        grad: bool,
+        freeze_params: bool,
+        no_inplace: bool,
+        extra_devices: tuple[torch.device, ...],
+        modules: Sequence[nn.Module] | None,
+    ) -> None:
+        self.model = model
+        self.eval_mode, self.grad = eval_mode, grad
+        self.freeze_params, self.no_inplace = freeze_params, no_inplace
+        self.extra_devices = extra_devices
+        self.mods = list(model.modules()) if modules is None else modules
+        self.contexts: list[Any] = []
+
+    def __enter__(self) -> nn.Module:
+        mods = self.mods
+        self.training = [m.training for m in mods]
+        self.inplace = [
+            (m, f) for m in mods if (f := m.__dict__.get("inplace")) is True or f is False
+        ]
+        # shared parameters once (a tensor hashes by identity)
+        self.params = list(
+            dict.fromkeys(p for m in mods for p in m._parameters.values() if p is not None)
+        )
+        self.requires = [p.requires_grad for p in self.params]
+        self.grads = [p.grad for p in self.params]
+        cuda_devices: set[torch.device] = set()
+        if torch.cuda.is_initialized():  # else no tensor can be on a CUDA device
+            cuda_devices.update(p.device for p in self.params if p.is_cuda)
+            cuda_devices.update(
+                b.device for m in mods for b in m._buffers.values() if b is not None and b.is_cuda
+            )
+        self.cuda = _cuda_indices([*cuda_devices, *self.extra_devices])
+        self.cpu_rng = torch.default_generator.get_state()
+        self.cuda_rng = [torch.cuda.get_rng_state(i) for i in self.cuda]
+        try:
+            self._enter(eager_stance())
+            if self.grad and torch.is_inference_mode_enabled():
+                self._enter(torch.inference_mode(False))
+            if self.grad and not torch.is_grad_enabled():
+                self._enter(torch.enable_grad())
+            if self.eval_mode:
                 for m in mods:
                     m.__dict__["training"] = False
-            if freeze_params:
-                for p in params:
+            if self.freeze_params:
+                for p in self.params:
                     p.requires_grad = False
-            if no_inplace:
-                for m, _ in inplace:
+            if self.no_inplace:
+                for m, _ in self.inplace:
                     m.__dict__["inplace"] = False
-            yield model
-    finally:
-        torch.default_generator.set_state(cpu_rng)
-        for i, state in zip(cuda, cuda_rng, strict=True):
-            torch.cuda.set_rng_state(state, i)
-        for m, flag in zip(mods, training, strict=True):
-            m.__dict__["training"] = flag
-        for p, flag, g in zip(params, requires, grads, strict=True):
-            if p.requires_grad is not flag:
-                p.requires_grad = flag
-            if p.grad is not g:
-                p.grad = g
-        for m, flag in inplace:
-            m.__dict__["inplace"] = flag
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.model
+
+    def _enter(self, context: Any) -> None:
+        context.__enter__()
+        self.contexts.append(context)  # entered: exited again on the way out
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.contexts:
+                self.contexts.pop().__exit__(None, None, None)
+        finally:
+            torch.default_generator.set_state(self.cpu_rng)
+            for i, state in zip(self.cuda, self.cuda_rng, strict=True):
+                torch.cuda.set_rng_state(state, i)
+            for m, flag in zip(self.mods, self.training, strict=True):
+                m.__dict__["training"] = flag
+            for p, flag, g in zip(self.params, self.requires, self.grads, strict=True):
+                if p.requires_grad is not flag:
+                    p.requires_grad = flag
+                if p.grad is not g:
+                    p.grad = g
+            for m, flag in self.inplace:
+                m.__dict__["inplace"] = flag
