@@ -337,40 +337,30 @@ class _Rule:
         self.mode = mode  # "guided", "deconvolution" or "plain"
 
 
-class _ModifiedRelu(torch.autograd.Function):
-    """ReLU whose backward pass follows a :class:`_Rule`.
-
-    Guided backprop lets only positive gradients through active units; deconvolution lets
-    positive gradients through every unit; the plain rule is ReLU's own gradient.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, rule: _Rule) -> torch.Tensor:  # type: ignore[override]
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        ctx.rule = rule
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        mode = ctx.rule.mode
-        if mode == "deconvolution":
-            return grad.clamp(min=0), None
-        if mode == "guided":
-            grad = grad.clamp(min=0)
-        return grad * (out > 0), None
-
-
 def _relu_hooks(model: nn.Module, rule: _Rule, hooks: HookSet) -> None:
-    """Route every ``nn.ReLU`` of ``model`` through :class:`_ModifiedRelu` (forward hooks).
+    """Apply ``rule`` to the gradients of every ``nn.ReLU`` of ``model`` (forward hooks).
 
     The same rules as Captum's GuidedBackprop / Deconvolution (which override the ReLU modules'
-    gradients with module backward hooks), with tensor-level autograd instead.
+    gradients with module backward hooks), cheaper: a tensor hook clips the gradient of each
+    ReLU output at zero (read at backward time, so guided Grad-CAM can switch from the plain
+    rule). Guided backprop: the ReLU's own backward then masks it. Deconvolution: the output is
+    replaced by ``x - (x - relu(x)).detach()`` — the same values exactly (``relu(x)`` is ``x``
+    or 0), but the gradient reaches ``x`` unmasked.
     """
 
-    def hook(_m: nn.Module, args: tuple[Any, ...], _out: Any) -> torch.Tensor:
-        return _ModifiedRelu.apply(args[0], rule)
+    def positive(grad: torch.Tensor) -> torch.Tensor | None:
+        return grad.clamp(min=0) if rule.mode != "plain" else None
+
+    def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return None
+        if rule.mode == "deconvolution":
+            x = args[0]
+            out = x - (x - out).detach()
+            out.register_hook(positive)
+            return out
+        out.register_hook(positive)
+        return None
 
     for m in model.modules():
         if isinstance(m, nn.ReLU):
