@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -402,7 +403,10 @@ def test_notes_report_zero_maps_and_degenerate_methods() -> None:
     with torch.no_grad():
         net[7].weight.zero_()
     res = attribute(net, _images(), "saliency", target=0)
-    assert "all-zero map for 4 of 4" in res.note
+    kept = pickle.loads(pickle.dumps(res))  # the note is computed when read: also after a copy
+    assert "all-zero map for 4 of 4" in res.note and kept.note == res.note
+    cam = attribute(net, _images(), "grad_cam", target=0)
+    assert "all-zero map" in cam.note and "no positive evidence" in cam.note
     tanh_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2))
     res = attribute(tanh_net, _images(), "guided_backprop", target=0)
     assert "no nn.ReLU" in res.note

@@ -276,24 +276,6 @@ def _on_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _empty_note(attributions: torch.Tensor, layer_method: bool) -> str:
-    """The note on inputs whose map is all zeros, or ``""``.
-
-    One reduction and one transfer of N numbers; only the (rare) maps whose largest value is
-    zero are looked at again. Run when the result's ``note`` is first read.
-    """
-    dims = tuple(range(1, attributions.ndim))
-    top = attributions.amax(dim=dims).tolist() if dims else attributions.tolist()
-    zero = [i for i, v in enumerate(top) if v == 0 and not bool(attributions[i].amin() < 0)]
-    if not zero:
-        return ""
-    shown = ", ".join(map(str, zero[:8])) + (", ..." if len(zero) > 8 else "")
-    note = f"all-zero map for {len(zero)} of {len(top)} inputs (indices {shown})"
-    if layer_method:
-        note += ": no positive evidence for the target class at this layer"
-    return note
-
-
 # ---------------------------------------------------------------------------------- attribute
 def attribute(
     model: nn.Module,
@@ -496,7 +478,7 @@ def attribute(
         settings=settings,
         input_kind=kind,
         embedding=emb_name,
-        _pending_note=lambda: _empty_note(attributions, spec.layer),
+        _zero_check="layer" if spec.layer else "maps",
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,16 +64,34 @@ class AttributionResult:
     settings: dict[str, Any] = field(default_factory=dict)
     input_kind: InputKind = "image"
     embedding: str | None = None
-    # Adds to ``note`` when first read: computing it is deferred (see ``note``).
-    _pending_note: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # The all-zero check still to add to ``note`` when it is first read: "" (none), "maps", or
+    # "layer" (a layer method: no positive evidence at the layer).
+    _zero_check: str = field(default="", repr=False, compare=False)
 
     def __getattribute__(self, name: str) -> Any:
-        if name == "note":
-            pending = object.__getattribute__(self, "_pending_note")
-            if pending is not None:
-                self._pending_note = None
-                extra = pending()
-                if extra:
-                    base = object.__getattribute__(self, "note")
-                    self.note = f"{base}; {extra}" if base else extra
+        if name == "note" and object.__getattribute__(self, "_zero_check"):
+            layer = object.__getattribute__(self, "_zero_check") == "layer"
+            self._zero_check = ""
+            extra = empty_maps_note(object.__getattribute__(self, "attributions"), layer)
+            if extra:
+                base = object.__getattribute__(self, "note")
+                self.note = f"{base}; {extra}" if base else extra
         return object.__getattribute__(self, name)
+
+
+def empty_maps_note(attributions: torch.Tensor, layer_method: bool) -> str:
+    """The note on inputs whose map is all zeros, or ``""``.
+
+    One reduction and one transfer of N numbers; only the (rare) maps whose largest value is
+    zero are looked at again.
+    """
+    dims = tuple(range(1, attributions.ndim))
+    top = attributions.amax(dim=dims).tolist() if dims else attributions.tolist()
+    zero = [i for i, v in enumerate(top) if v == 0 and not bool(attributions[i].amin() < 0)]
+    if not zero:
+        return ""
+    shown = ", ".join(map(str, zero[:8])) + (", ..." if len(zero) > 8 else "")
+    note = f"all-zero map for {len(zero)} of {len(top)} inputs (indices {shown})"
+    if layer_method:
+        note += ": no positive evidence for the target class at this layer"
+    return note
