@@ -17,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 __all__ = [
     "HookSet",
+    "cuda_indices",
     "eager",
     "eager_stance",
     "hook_count",
@@ -202,7 +203,11 @@ def model_devices(model: nn.Module) -> list[torch.device]:
     return list(seen.values())
 
 
-def _cuda_indices(devices: Sequence[torch.device]) -> list[int]:
+def cuda_indices(devices: Sequence[torch.device]) -> list[int]:
+    """The distinct CUDA device indices among ``devices``, sorted; ``[]`` without one.
+
+    An unindexed ``cuda`` device counts as the current one.
+    """
     if all(d.type == "cpu" for d in devices):
         return []
     out = []
@@ -298,7 +303,7 @@ class _Observed:
             cuda_devices.update(
                 b.device for m in mods for b in m._buffers.values() if b is not None and b.is_cuda
             )
-        self.cuda = _cuda_indices([*cuda_devices, *self.extra_devices])
+        self.cuda = cuda_indices([*cuda_devices, *self.extra_devices])
         self.cpu_rng = torch.default_generator.get_state()
         self.cuda_rng = [torch.cuda.get_rng_state(i) for i in self.cuda]
         try:

@@ -35,7 +35,7 @@ from torch import nn
 from cnnviz.analysis.attribution import attribute
 from cnnviz.analysis.attribution._head import HOOK_DICTS
 from cnnviz.analysis.attribution.core import prepare
-from cnnviz.analysis.guard import model_devices, observe
+from cnnviz.analysis.guard import cuda_indices, model_devices, observe
 
 __all__ = [
     "MaskShareResult",
@@ -209,7 +209,7 @@ def _cascade(
 def _reinitialise(module: nn.Module, seed: int) -> None:
     """Re-draw ``module``'s own parameters from a forked RNG seeded with ``seed``."""
     devices = model_devices(module)
-    cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    cuda = cuda_indices(devices)
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.random.default_generator.manual_seed(seed)
         for index in cuda:

@@ -49,7 +49,7 @@ from cnnviz.analysis.attribution.results import (
     AttributionUnavailable,
     InputKind,
 )
-from cnnviz.analysis.guard import observe
+from cnnviz.analysis.guard import cuda_indices, observe
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -246,10 +246,6 @@ def _token_inputs(
     return name, vectors, logits, TokenContext(x, name, pad, pad_vectors)
 
 
-def _cuda_indices(*devices: torch.device) -> list[int]:
-    return sorted({d.index or 0 for d in devices if d.type == "cuda"})
-
-
 class _Rows:
     """Takes one chunk's rows of a batch tensor (the tensor itself when there is one chunk)."""
 
@@ -400,7 +396,7 @@ def attribute(
             extra_devices=(inputs.device,),
             modules=modules,
         ),
-        seeded(seed, _cuda_indices(device, inputs.device))
+        seeded(seed, cuda_indices([device, inputs.device]))
         if spec.noisy
         else contextlib.nullcontext(),
     ):

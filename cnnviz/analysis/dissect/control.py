@@ -12,7 +12,7 @@ from cnnviz._checks import check_int
 from cnnviz.analysis.concepts import ConceptSource
 from cnnviz.analysis.dissect.core import dissect_layers
 from cnnviz.analysis.dissect.results import Dissection
-from cnnviz.analysis.guard import eager, model_devices
+from cnnviz.analysis.guard import cuda_indices, eager, model_devices
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -69,7 +69,7 @@ def randomised_copy(
             memo[id(hooks)] = type(hooks)()
     with torch.inference_mode(False), torch.no_grad():
         twin = copy.deepcopy(source, memo)
-    cuda = sorted({d.index or 0 for d in model_devices(twin) if d.type == "cuda"})
+    cuda = cuda_indices(model_devices(twin))
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.random.default_generator.manual_seed(seed)
         for index in cuda:  # only the forked streams: the others must not change
