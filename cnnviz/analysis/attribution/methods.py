@@ -189,6 +189,23 @@ def _groups(total: int, job: Job, n: int) -> list[int]:
     return [*sizes, total % per] if total % per else sizes
 
 
+def _sample_mean(
+    job: Job, x: torch.Tensor, total: int, evaluate: Callable[[int], torch.Tensor]
+) -> torch.Tensor:
+    """The mean over ``total`` samples per input, evaluated group by group.
+
+    ``evaluate(k)`` returns the maps of ``k`` samples of every input, the ``k`` of each input
+    together (``repeat_interleave`` order), shape ``(N * k, *x.shape[1:])``.
+    """
+    n, rest = x.shape[0], x.shape[1:]
+    summed: torch.Tensor | None = None
+    for k in _groups(total, job, n):
+        part = evaluate(k).view(n, k, *rest).sum(dim=1)
+        summed = part if summed is None else summed + part
+    assert summed is not None
+    return summed / total
+
+
 def _run_smoothgrad(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
     # Captum's NoiseTunnel(Saliency), nt_type="smoothgrad", directly: the same noise (drawn in
     # the same order, group by group), one backward pass per group instead of one root per
@@ -200,17 +217,15 @@ def _run_smoothgrad(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tenso
     stdevs = float(stdevs)
     abs_ = job.kwargs.get("abs", True)
     job.settings.update(nt_samples=nt_samples, stdevs=stdevs, abs=abs_)
-    n, rest = x.shape[0], x.shape[1:]
     base = x.detach()
-    total: torch.Tensor | None = None
-    for k in _groups(nt_samples, job, n):
-        noise = torch.randn((n * k, *rest), device=x.device) * stdevs
+
+    def noisy_saliency(k: int) -> torch.Tensor:
+        noise = torch.randn((x.shape[0] * k, *x.shape[1:]), device=x.device) * stdevs
         noisy = (base.repeat_interleave(k, dim=0) + noise).requires_grad_()
         grad = _target_gradient(job.head, noisy, t.repeat_interleave(k))
-        part = (grad.abs() if abs_ else grad).view(n, k, *rest).sum(dim=1)
-        total = part if total is None else total + part
-    assert total is not None
-    return total / nt_samples
+        return grad.abs() if abs_ else grad
+
+    return _sample_mean(job, x, nt_samples, noisy_saliency)
 
 
 def _run_gradient_shap(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Tensor:
@@ -227,22 +242,21 @@ def _run_gradient_shap(job: Job, x: torch.Tensor, t: Any, sl: slice) -> torch.Te
         baselines = torch.cat([blank, job.full])
     stdevs = float(job.kwargs.get("stdevs", 0.0))
     job.settings.update(n_samples=n_samples, stdevs=stdevs, baselines=int(baselines.shape[0]))
-    n, rest = x.shape[0], x.shape[1:]
     base = x.detach()
-    total: torch.Tensor | None = None
-    for k in _groups(n_samples, job, n):
-        picked = baselines[np.random.choice(baselines.shape[0], n * k).tolist()]
+
+    def expected_gradients(k: int) -> torch.Tensor:
+        rows = x.shape[0] * k
+        picked = baselines[np.random.choice(baselines.shape[0], rows).tolist()]
         inputs = base.repeat_interleave(k, dim=0)
         if stdevs:
             inputs = inputs + torch.randn(inputs.shape, device=x.device) * stdevs
-        alpha = torch.tensor(np.random.uniform(0.0, 1.0, n * k), device=x.device, dtype=x.dtype)
-        alpha = alpha.view(-1, *(1,) * len(rest))
+        alpha = torch.tensor(np.random.uniform(0.0, 1.0, rows), device=x.device, dtype=x.dtype)
+        alpha = alpha.view(-1, *(1,) * (x.ndim - 1))
         scaled = (alpha * inputs + (1.0 - alpha) * picked).requires_grad_()
         grad = _target_gradient(job.head, scaled, t.repeat_interleave(k))
-        part = ((inputs - picked) * grad).view(n, k, *rest).sum(dim=1)
-        total = part if total is None else total + part
-    assert total is not None
-    return total / n_samples
+        return (inputs - picked) * grad
+
+    return _sample_mean(job, x, n_samples, expected_gradients)
 
 
 # Captum's DeepLift applies its "nonlinear" Rescale rule to these module types (exact types);
